@@ -1,0 +1,139 @@
+"""BiCSNet topologies as data, and the scaling table (paper Table I).
+
+A topology is a table of :class:`BlockSpec` rows, read top to bottom like
+Fig. 3d: each row is one basic block T at a feature level, with the edges that
+feed it. Edge kinds name the paper's pathways:
+
+* ``main``  - the bidirectional network itself: D(x) in eqs. (1) and (3),
+  up(x) in eq. (2);
+* ``gap``   - Gap-Connection, eq. (4): level i-2 of the Down-Sampling Part
+  into level i;
+* ``skip``  - Skip-Connection, eq. (5): Down-Sampling Part level i into
+  Up-Sampling Part level i;
+* ``long_range_gap`` - Long-Range Gap-Connection, eq. (6): Up-Sampling Part
+  level i-1 into End Down-Sampling Part level i.
+
+Every edge is resampled to its block's level and width by a Spatial Fusion
+Module branch (Section III-C) and the branches are summed. Ablations of
+Table X drop edges by kind; CSNet (Table IX) is its own table.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "Edge",
+    "BlockSpec",
+    "PATHWAYS",
+    "STEM_SOURCE",
+    "BICSNET_SPECS",
+    "CSNET_SPECS",
+    "TOPOLOGIES",
+    "Scaling",
+    "SCALING",
+    "LEVEL_FILTERS",
+]
+
+#: Edge kinds that are cross-scale pathways (removable by the ablation switches).
+PATHWAYS = ("gap", "skip", "long_range_gap")
+
+#: Name of the stem's level-1 feature (the 7x7 stride-2 convolution's output).
+STEM_SOURCE = "stem_conv"
+
+#: Base ``filters`` per level before the width multiplier (ResNet-50 / SpineNet):
+#: a bottleneck block outputs 4x this, a residual block 1x.
+LEVEL_FILTERS = {2: 64, 3: 128, 4: 256, 5: 256, 6: 256, 7: 256}
+
+
+@dataclass(frozen=True)
+class Edge:
+    """One input of a block: ``source`` block name and the pathway ``kind``."""
+
+    source: str
+    kind: str = "main"
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """One basic block T: its part of the network, level, block type and inputs."""
+
+    name: str
+    part: str  # "stem" | "down" | "up" | "end"
+    level: int
+    block: str  # "bottleneck" | "residual"
+    inputs: tuple[Edge, ...]
+    output: bool = False
+
+
+def _b(name: str, part: str, level: int, block: str, *inputs: tuple[str, str], output: bool = False) -> BlockSpec:
+    return BlockSpec(name, part, level, block, tuple(Edge(s, k) for s, k in inputs), output)
+
+
+# fmt: off
+#: BiCSNet-48 (Fig. 3d). Stem: ResNet-50's, two level-2 bottlenecks as SpineNet.
+#: Down-Sampling Part L3..L7, eq. (1), each fed by D(previous) and a
+#: Gap-Connection from two levels below, eq. (4) (for L3 that is the stem's
+#: level-1 feature). Up-Sampling Part L6..L3, eq. (2), each fed by up(previous)
+#: and a Skip-Connection from the Down-Sampling block of its level, eq. (5).
+#: End Down-Sampling Part L4..L7, eq. (3), fed by D(previous) and a Long-Range
+#: Gap-Connection from the Up-Sampling block one level below, eq. (6).
+#: Outputs: P3 from the Up-Sampling Part, P4-P7 from the End Part.
+BICSNET_SPECS: tuple[BlockSpec, ...] = (
+    _b("stem1", "stem", 2, "bottleneck", (STEM_SOURCE, "main")),
+    _b("stem2", "stem", 2, "bottleneck", ("stem1", "main")),
+    _b("stem3", "stem", 2, "bottleneck", ("stem2", "main")),
+    _b("down3", "down", 3, "bottleneck", ("stem3", "main"), (STEM_SOURCE, "gap")),
+    _b("down4", "down", 4, "residual",   ("down3", "main"), ("stem3", "gap")),
+    _b("down5", "down", 5, "bottleneck", ("down4", "main"), ("down3", "gap")),
+    _b("down6", "down", 6, "residual",   ("down5", "main"), ("down4", "gap")),
+    _b("down7", "down", 7, "residual",   ("down6", "main"), ("down5", "gap")),
+    _b("up6",   "up",   6, "residual",   ("down7", "main"), ("down6", "skip")),
+    _b("up5",   "up",   5, "bottleneck", ("up6",   "main"), ("down5", "skip")),
+    _b("up4",   "up",   4, "residual",   ("up5",   "main"), ("down4", "skip")),
+    _b("up3",   "up",   3, "bottleneck", ("up4",   "main"), ("down3", "skip")),
+    _b("end3",  "end",  3, "bottleneck", ("up3",   "main"), ("stem3", "long_range_gap"), output=True),
+    _b("end4",  "end",  4, "bottleneck", ("end3",  "main"), ("up3",   "long_range_gap"), output=True),
+    _b("end5",  "end",  5, "bottleneck", ("end4",  "main"), ("up4",   "long_range_gap"), output=True),
+    _b("end6",  "end",  6, "bottleneck", ("end5",  "main"), ("up5",   "long_range_gap"), output=True),
+    _b("end7",  "end",  7, "bottleneck", ("end6",  "main"), ("up6",   "long_range_gap"), output=True),
+)
+
+#: CSNet-48 (Table IX): the Up-Sampling Part replaced by a second
+#: Down-Sampling Part, keeping every cross-scale pathway. Its blocks climb
+#: L3..L6 again from the stem, with the Skip-Connections of the same levels.
+CSNET_SPECS: tuple[BlockSpec, ...] = BICSNET_SPECS[:8] + (
+    _b("down2_3", "down2", 3, "bottleneck", ("stem3",   "main"), ("down3", "skip")),
+    _b("down2_4", "down2", 4, "residual",   ("down2_3", "main"), ("down4", "skip")),
+    _b("down2_5", "down2", 5, "bottleneck", ("down2_4", "main"), ("down5", "skip")),
+    _b("down2_6", "down2", 6, "residual",   ("down2_5", "main"), ("down6", "skip")),
+    _b("end3",    "end",   3, "bottleneck", ("down2_3", "main"), ("down3", "skip"), output=True),
+    _b("end4",    "end",   4, "bottleneck", ("end3",    "main"), ("down2_3", "long_range_gap"), output=True),
+    _b("end5",    "end",   5, "bottleneck", ("end4",    "main"), ("down2_4", "long_range_gap"), output=True),
+    _b("end6",    "end",   6, "bottleneck", ("end5",    "main"), ("down2_5", "long_range_gap"), output=True),
+    _b("end7",    "end",   7, "bottleneck", ("end6",    "main"), ("down2_6", "long_range_gap"), output=True),
+)
+# fmt: on
+
+TOPOLOGIES: dict[str, tuple[BlockSpec, ...]] = {"bicsnet": BICSNET_SPECS, "csnet": CSNET_SPECS}
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """One row of Table I."""
+
+    input_size: int
+    depth_repeat: int  # d: blocks per block group
+    sfm_ratio: float  # gamma: SFM feature multiplier
+    width_mult: float  # omega: width multiplier
+    endpoint_channels: int = 256  # P3-P7 width (SpineNet uses 128 for its S model)
+
+
+#: Table I. ``endpoint_channels`` is not in the table; 128 for 48S follows
+#: SpineNet-49S and is what reproduces Table II's 33.6B for 48S.
+SCALING: dict[str, Scaling] = {
+    "48s": Scaling(640, 1, 0.5, 0.75, 128),
+    "48": Scaling(640, 1, 0.6, 1.0),
+    "48l": Scaling(896, 1, 0.6, 1.0),
+    "94": Scaling(1024, 2, 0.5, 1.1),
+    "140": Scaling(1280, 3, 1.0, 1.0),
+}
