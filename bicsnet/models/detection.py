@@ -123,15 +123,18 @@ class BiCSNetRetinaNet(RetinaNet):
         detections_per_img: int = 100,
         topk_candidates: int = 1000,
         crowd_ioa_thresh: float = 0.5,
+        head: RetinaNetHead | None = None,
     ) -> None:
         strides = [backbone.strides[p] for p in backbone.out_features]
         anchors = retinanet_anchor_generator(strides, anchor_scale)
         num_anchors = anchors.num_anchors_per_location()[0]
-        norm = head_norm_layer(head_norm)
-        head = RetinaNetHead(backbone.out_channels, num_anchors, num_classes, norm_layer=norm)
-        head.classification_head = FocalLossClassificationHead(
-            backbone.out_channels, num_anchors, num_classes, focal_alpha, focal_gamma, norm
-        )
+        if head is None:
+            # Box and class subnets: 4 conv layers each (torchvision's), focal loss ours.
+            norm = head_norm_layer(head_norm)
+            head = RetinaNetHead(backbone.out_channels, num_anchors, num_classes, norm_layer=norm)
+            head.classification_head = FocalLossClassificationHead(
+                backbone.out_channels, num_anchors, num_classes, focal_alpha, focal_gamma, norm
+            )
         super().__init__(
             backbone,
             num_classes,

@@ -1,0 +1,133 @@
+"""``bicsnet info``, ``bicsnet flops`` and ``bicsnet draw``."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..errors import ConfigError
+from ..models import TASKS, create_model, default_input_size, get_entry, list_models
+from .common import parse_override
+
+__all__ = ["register"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="list models, describe one, or compare FLOPs/params with the paper")
+    p.add_argument("--paper", action="store_true", help="the paper's FLOPs and params (Tables II-VII) beside ours")
+    p.add_argument("--model", help="describe one registered model")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=run_info)
+
+    p = sub.add_parser("flops", help="count multiply-adds and parameters of one model")
+    p.add_argument("--model", required=True)
+    p.add_argument("--task", default="detection", choices=TASKS)
+    p.add_argument("--img-size", type=int, nargs="+", default=None, help="N or H W (default: Table I's size)")
+    p.add_argument("--num-classes", type=int, default=None, help="default: 80 detection, 1000 classification, 21 segmentation")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="model override, e.g. width_mult=0.5")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run_flops)
+
+    p = sub.add_parser("draw", help="render a model's block graph (Fig. 3d) to PNG/SVG")
+    p.add_argument("--model", default="bicsnet_48")
+    p.add_argument("--out", required=True, help="output file (.png, .svg or .pdf)")
+    p.set_defaults(func=run_draw)
+
+
+DEFAULT_CLASSES = {"detection": 80, "instance": 80, "classification": 1000, "segmentation": 21, "backbone": None}
+
+
+def _fmt(v: object, nd: int = 1) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:+.{nd}f}%" if nd == 1 else f"{v:.2f}"
+    return str(v)
+
+
+def run_info(args: argparse.Namespace) -> int:
+    if args.paper:
+        from ..flops import paper_comparison
+
+        rows = paper_comparison()
+        if args.json:
+            print(json.dumps(rows, indent=2))
+            return 0
+        head = f"{'table':5} {'model':16} {'task':14} {'input':>5} {'cls':>5} | {'paper GMACs':>11} {'ours':>8} {'diff':>7} | {'paper Mp':>8} {'ours':>7} {'diff':>7}"
+        print("FLOPs = multiply-adds (torch.utils.flop_counter / 2), backbone + task head, 1 image")
+        print(head)
+        print("-" * len(head))
+        for r in rows:
+            print(
+                f"{r['table']:5} {r['model']:16} {r['task']:14} {r['input']:>5} {r['classes']:>5} | "
+                f"{r['paper_flops_b']:>11.2f} {r['ours_flops_b']:>8.2f} {_fmt(r['flops_diff_pct']):>7} | "
+                f"{_fmt(r['paper_params_m'], 2):>8} {r['ours_params_m']:>7.2f} {_fmt(r['params_diff_pct']):>7}"
+            )
+        return 0
+    if args.model:
+        from ..flops import build_meta, count_params, model_macs
+
+        e = get_entry(args.model)
+        size = e.input_size
+        bb = build_meta(args.model, "backbone")
+        det = build_meta(args.model, "detection", 80)
+        info = {
+            "model": e.name,
+            "description": e.description,
+            "input_size": size,
+            "anchor_scale": e.anchor_scale,
+            "backbone": bb.config.to_dict() if hasattr(bb, "config") and hasattr(bb.config, "to_dict") else None,
+            "outputs": {k: {"channels": v.channels, "stride": v.stride} for k, v in bb.output_shape().items()},
+            "size_divisibility": bb.size_divisibility,
+            "backbone_params_m": round(count_params(bb) / 1e6, 3),
+            "backbone_gmacs": round(model_macs(bb, "backbone", size) / 1e9, 3),
+            "retinanet_params_m": round(count_params(det) / 1e6, 3),
+            "retinanet_gmacs": round(model_macs(det, "detection", size) / 1e9, 3),
+        }
+        if args.json:
+            print(json.dumps(info, indent=2))
+        else:
+            for k, v in info.items():
+                print(f"{k:20} {v}")
+        return 0
+    names = list_models()
+    if args.json:
+        print(json.dumps([{"name": n, "input_size": default_input_size(n), "description": get_entry(n).description} for n in names], indent=2))
+    else:
+        for n in names:
+            print(f"{n:22} {default_input_size(n):>5}  {get_entry(n).description}")
+    return 0
+
+
+def run_flops(args: argparse.Namespace) -> int:
+    from ..flops import count_params, model_macs
+    import torch
+
+    overrides = dict(parse_override(s) for s in args.set)
+    size = args.img_size or [default_input_size(args.model)]
+    if len(size) not in (1, 2) or min(size) < 1:
+        raise ConfigError(f"--img-size expects N or H W with positive values, got {size}")
+    hw = (size[0], size[0]) if len(size) == 1 else (size[0], size[1])
+    nc = args.num_classes if args.num_classes is not None else DEFAULT_CLASSES[args.task]
+    if args.task in ("detection", "instance"):
+        overrides.setdefault("img_size", max(hw))
+    with torch.device("meta"):
+        model = create_model(args.model, args.task, nc, **overrides)
+    macs = model_macs(model, args.task, hw)
+    out = {"model": args.model, "task": args.task, "input": list(hw), "num_classes": nc, "gmacs": round(macs / 1e9, 3), "params_m": round(count_params(model) / 1e6, 3)}
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(f"{args.model} {args.task} {hw[0]}x{hw[1]}: {out['gmacs']} GMACs (multiply-adds), {out['params_m']} M params")
+    return 0
+
+
+def run_draw(args: argparse.Namespace) -> int:
+    from ..draw import draw_topology
+
+    e = get_entry(args.model)
+    if e.builder is not None and "topology_config" not in e.extra:
+        raise ConfigError(f"--model {args.model}: no drawable topology table")
+    cfg = e.extra.get("topology_config", e.backbone)
+    path = draw_topology(cfg, args.out, f"{e.name}: {e.description}")
+    print(f"wrote {path}")
+    return 0

@@ -1,0 +1,35 @@
+"""Training engine: one trainer for every task, checkpoints, schedules, distributed helpers.
+
+What a command-line front end needs:
+
+* train: ``Trainer(model, task, train_set, val_set, TrainConfig(...), collate_fn, meta, resume=...).fit()``
+* evaluate: ``evaluate_model(model, task, dataset, batch_size, collate_fn)`` then
+  ``write_eval_outputs(out_dir, result)`` on the main process
+* weights: ``load_model(path) -> (state_dict, meta)``, ``load_state_into(model, state_dict)``,
+  ``load_backbone_weights(model, path)``, ``save_model(path, model, meta)``
+"""
+from .checkpoint import (
+    CheckpointSet,
+    LoadReport,
+    RunCheckpointer,
+    load_backbone_weights,
+    load_model,
+    load_state_into,
+    load_training_state,
+    read_model_meta,
+    save_model,
+    save_training_state,
+)
+from .distributed import get_rank, get_world_size, init_distributed, is_main_process, shutdown_distributed
+from .schedule import build_scheduler, lr_factor
+from .tasks import ClassificationTask, DetectionTask, EvalResult, SegmentationTask, Task, build_task
+from .trainer import TrainConfig, Trainer, evaluate_model, write_eval_outputs
+
+__all__ = [
+    "CheckpointSet", "LoadReport", "RunCheckpointer", "load_backbone_weights", "load_model", "load_state_into",
+    "load_training_state", "read_model_meta", "save_model", "save_training_state",
+    "get_rank", "get_world_size", "init_distributed", "is_main_process", "shutdown_distributed",
+    "build_scheduler", "lr_factor",
+    "ClassificationTask", "DetectionTask", "EvalResult", "SegmentationTask", "Task", "build_task",
+    "TrainConfig", "Trainer", "evaluate_model", "write_eval_outputs",
+]  # fmt: skip

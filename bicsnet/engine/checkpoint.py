@@ -1,0 +1,439 @@
+"""Checkpoints: model weights (safetensors), training state, run-directory layout.
+
+Model weights are safetensors files whose metadata holds, under the key
+``"bicsnet"``, a JSON object describing the model (name, task, number of
+classes, overrides, image size, class names, COCO category ids, ...), so a
+weights file alone is enough for ``bicsnet eval`` / ``bicsnet predict``.
+
+Training state (optimiser, scheduler, AMP scaler, EMA counters, RNG states,
+data position, config) is a ``torch.save`` file restricted to tensors and
+plain Python containers, and is only ever read with
+``torch.load(..., weights_only=True)``: a file that would execute code when
+unpickled is refused.
+
+Layout inside a run directory ``OUT``::
+
+    OUT/checkpoints/last.safetensors      model weights at the newest step
+    OUT/checkpoints/last.state.pt         training state at the same step
+    OUT/checkpoints/last_ema.safetensors  EMA weights (when EMA is on)
+    OUT/checkpoints/prev.*                the previous complete checkpoint
+    OUT/model.safetensors                 final weights (EMA if on), for eval/predict
+
+Every file carries the step and a random save id; a weights file and a state
+file only form a checkpoint when their ids match.  :class:`RunCheckpointer`
+writes a new checkpoint under temporary names, then rotates ``last`` to
+``prev`` and the new files to ``last``; whenever the process is killed, the
+newest checkpoint whose files are all present is still on disk (under
+``last``, ``prev`` or temporary names) and :meth:`RunCheckpointer.latest`
+finds it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import uuid
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..errors import CheckpointError
+from ..io import atomic_save
+
+__all__ = [
+    "META_KEY",
+    "save_model",
+    "load_model",
+    "read_model_meta",
+    "LoadReport",
+    "load_state_into",
+    "load_backbone_weights",
+    "save_training_state",
+    "load_training_state",
+    "CheckpointSet",
+    "RunCheckpointer",
+]
+
+#: safetensors metadata key holding the model description (JSON).
+META_KEY = "bicsnet"
+#: safetensors metadata key pairing a weights file with its training state.
+_INFO_KEY = "bicsnet_checkpoint"
+
+
+def _plain_state_dict(model_or_state_dict: nn.Module | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CPU, contiguous, non-aliased copies of every tensor.
+
+    safetensors refuses tensors sharing storage (tied weights, views), so each
+    tensor is cloned into its own storage.
+    """
+    if isinstance(model_or_state_dict, nn.Module):
+        from .distributed import unwrap_model  # local: distributed imports nothing from here
+
+        state = unwrap_model(model_or_state_dict).state_dict()
+    else:
+        state = dict(model_or_state_dict)
+    out: dict[str, torch.Tensor] = {}
+    for name, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"state dict entry {name!r} is a {type(value).__name__}, not a tensor")
+        out[name] = value.detach().to("cpu", copy=True).contiguous()
+    return out
+
+
+def save_model(
+    path: str | os.PathLike,
+    model_or_state_dict: nn.Module | Mapping[str, torch.Tensor],
+    meta: Mapping[str, Any],
+    *,
+    checkpoint_info: Mapping[str, Any] | None = None,
+) -> None:
+    """Write model weights and their description to a safetensors file, atomically.
+
+    Args:
+        path: destination ``.safetensors`` file.
+        model_or_state_dict: a module (DDP wrappers are unwrapped) or a state dict.
+        meta: JSON-serialisable description, stored under metadata key ``"bicsnet"``.
+        checkpoint_info: step / save id pairing this file with a training
+            state (used by :class:`RunCheckpointer`).
+    """
+    tensors = _plain_state_dict(model_or_state_dict)
+    metadata = {"format": "pt", META_KEY: json.dumps(dict(meta), sort_keys=True)}
+    if checkpoint_info is not None:
+        metadata[_INFO_KEY] = json.dumps(dict(checkpoint_info), sort_keys=True)
+    atomic_save(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def _read_metadata(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as exc:  # safetensors raises its own error type for every kind of damage
+        raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt?): {exc}") from None
+
+
+def _parse_meta(path: Path, metadata: Mapping[str, str], require_meta: bool) -> dict[str, Any]:
+    raw = metadata.get(META_KEY)
+    if raw is None:
+        if require_meta:
+            raise CheckpointError(f"{path}: safetensors file has no '{META_KEY}' metadata (not a bicsnet checkpoint)")
+        return {}
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: '{META_KEY}' metadata is not valid JSON: {exc}") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: '{META_KEY}' metadata is not a JSON object")
+    return meta
+
+
+def read_model_meta(path: str | os.PathLike, require_meta: bool = True) -> dict[str, Any]:
+    """Read only the ``"bicsnet"`` description of a weights file (no tensor data)."""
+    path = Path(path)
+    return _parse_meta(path, _read_metadata(path), require_meta)
+
+
+def load_model(path: str | os.PathLike, require_meta: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Load ``(state_dict, meta)`` from a safetensors weights file on CPU.
+
+    Raises :class:`CheckpointError` naming the file if it is missing,
+    truncated, not safetensors, or (with ``require_meta``) lacks the bicsnet
+    description.
+    """
+    path = Path(path)
+    meta = _parse_meta(path, _read_metadata(path), require_meta)
+    try:
+        state = load_file(str(path), device="cpu")
+    except Exception as exc:
+        raise CheckpointError(f"{path}: cannot read tensors (truncated or corrupt?): {exc}") from None
+    return state, meta
+
+
+def _read_checkpoint_info(path: Path) -> dict[str, Any] | None:
+    raw = _read_metadata(path).get(_INFO_KEY)
+    return json.loads(raw) if raw else None
+
+
+@dataclass
+class LoadReport:
+    """Outcome of :func:`load_state_into` (names as in the model)."""
+
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line: counts, and the first few missing / unexpected names."""
+        parts = [f"loaded {len(self.loaded)} tensors"]
+        if self.missing:
+            parts.append(f"{len(self.missing)} missing ({_first(self.missing)})")
+        if self.unexpected:
+            parts.append(f"{len(self.unexpected)} unexpected ({_first(self.unexpected)})")
+        return ", ".join(parts)
+
+
+def _first(names: list[str], n: int = 5) -> str:
+    shown = ", ".join(names[:n])
+    return shown + (f", ... (+{len(names) - n} more)" if len(names) > n else "")
+
+
+def load_state_into(
+    model: nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    strict: bool = True,
+    prefix_filter: str | None = None,
+    target_prefix: str | None = None,
+    source: str = "checkpoint",
+) -> LoadReport:
+    """Copy ``state_dict`` into ``model``, refusing any shape mismatch by name.
+
+    Args:
+        model: destination (DDP wrappers are unwrapped).
+        state_dict: source tensors, e.g. from :func:`load_model`.
+        strict: also refuse missing or unexpected keys.
+        prefix_filter: keep only source keys starting with this prefix (e.g.
+            ``"backbone."`` to take the backbone of a checkpoint of any task);
+            only model keys under ``target_prefix`` then count as missing.
+        target_prefix: replacement for ``prefix_filter`` in the model's names
+            (defaults to ``prefix_filter``; ``""`` loads into ``model.backbone``
+            itself).
+        source: name of the file, for error messages.
+
+    Returns:
+        A :class:`LoadReport`.  Raises :class:`CheckpointError` on shape
+        mismatches, or (``strict``) on missing / unexpected keys.
+    """
+    from .distributed import unwrap_model
+
+    model = unwrap_model(model)
+    if prefix_filter:
+        dst = prefix_filter if target_prefix is None else target_prefix
+        mapped = {dst + k[len(prefix_filter) :]: v for k, v in state_dict.items() if k.startswith(prefix_filter)}
+        if not mapped:
+            raise CheckpointError(f"{source}: no tensors under '{prefix_filter}'")
+    else:
+        dst = ""
+        mapped = dict(state_dict)
+    own = model.state_dict()
+    candidates = {k for k in own if k.startswith(dst)}
+
+    mismatched = [
+        f"{k}: {tuple(v.shape)} in {source} vs {tuple(own[k].shape)} in model"
+        for k, v in mapped.items()
+        if k in own and tuple(v.shape) != tuple(own[k].shape)
+    ]
+    if mismatched:
+        raise CheckpointError(f"{source}: {len(mismatched)} tensor shape mismatch(es): {_first(mismatched, 3)}")
+    report = LoadReport(
+        loaded=sorted(k for k in mapped if k in own),
+        missing=sorted(candidates - mapped.keys()),
+        unexpected=sorted(k for k in mapped if k not in own),
+    )
+    if strict and (report.missing or report.unexpected):
+        raise CheckpointError(f"{source}: does not fit the model: {report.summary()}")
+    model.load_state_dict({k: mapped[k] for k in report.loaded}, strict=False)
+    return report
+
+
+def load_backbone_weights(model: nn.Module, path: str | os.PathLike, prefix: str = "backbone.") -> LoadReport:
+    """``--backbone-weights``: copy the ``backbone.*`` tensors of a bicsnet checkpoint of any task.
+
+    Every backbone tensor of ``model`` must be present with the same shape;
+    heads are left as they are.
+    """
+    state, _ = load_model(path)
+    return load_state_into(model, state, strict=True, prefix_filter=prefix, source=str(path))
+
+
+_PLAIN = (bool, int, float, str, type(None), torch.Tensor, torch.dtype, torch.device)
+
+
+def _check_plain(obj: Any, where: str = "state") -> None:
+    """Refuse anything ``torch.load(weights_only=True)`` would refuse."""
+    if isinstance(obj, _PLAIN):
+        return
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            if not isinstance(key, (str, int)):
+                raise TypeError(f"{where}: key {key!r} is a {type(key).__name__}, not str/int")
+            _check_plain(value, f"{where}[{key!r}]")
+        return
+    if isinstance(obj, (list, tuple)):
+        for i, value in enumerate(obj):
+            _check_plain(value, f"{where}[{i}]")
+        return
+    raise TypeError(f"{where} is a {type(obj).__name__}; training state must hold only tensors and plain data")
+
+
+def save_training_state(path: str | os.PathLike, state: Mapping[str, Any]) -> None:
+    """Atomically ``torch.save`` a training state made of tensors and plain containers."""
+    _check_plain(dict(state))
+    atomic_save(path, lambda tmp: torch.save(dict(state), tmp))
+
+
+def load_training_state(path: str | os.PathLike, mmap: bool = False) -> dict[str, Any]:
+    """Load a training state on CPU with ``weights_only=True`` (never runs pickled code).
+
+    Raises :class:`CheckpointError` naming the file if it is missing,
+    truncated, or holds anything but tensors and plain data.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: training state file not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as exc:
+        if "weights only" in str(exc).lower() or "weights_only" in str(exc).lower():
+            raise CheckpointError(
+                f"{path}: refused: it contains Python objects other than tensors and plain data "
+                "(unsafe to unpickle; not a bicsnet training state)"
+            ) from None
+        raise CheckpointError(f"{path}: corrupt training state: {str(exc).splitlines()[0]}") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        first = str(exc).splitlines()[0].split(". ")[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{path}: unreadable training state (truncated or corrupt?): {first}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: training state is a {type(state).__name__}, expected a dict")
+    return state
+
+
+@dataclass
+class CheckpointSet:
+    """One complete checkpoint: weights, training state and (optional) EMA of one step."""
+
+    step: int
+    save_id: str
+    weights: Path
+    state: Path
+    ema: Path | None = None
+
+    def files(self) -> list[Path]:
+        """Every file of this checkpoint."""
+        return [p for p in (self.weights, self.state, self.ema) if p is not None]
+
+
+class RunCheckpointer:
+    """Crash-safe ``last`` / ``prev`` checkpoints in ``OUT/checkpoints``.
+
+    :meth:`save` writes the new files under temporary names (each one
+    atomically), deletes everything but the current newest complete
+    checkpoint, renames that one to ``prev.*`` and the new one to ``last.*``.
+    :meth:`latest` finds the newest complete checkpoint by matching save ids,
+    whatever names its files have at that moment.
+    """
+
+    _ROLE_NAMES = {"weights": "{}.safetensors", "ema": "{}_ema.safetensors", "state": "{}.state.pt"}
+
+    def __init__(self, directory: str | os.PathLike) -> None:
+        self.directory = Path(directory)
+        #: Files skipped by the last scan, with the reason (for warnings).
+        self.problems: list[str] = []
+
+    def path(self, name: str, role: str) -> Path:
+        """Path of a role (``weights``, ``ema``, ``state``) under a base name (``last``, ``prev``)."""
+        return self.directory / self._ROLE_NAMES[role].format(name)
+
+    def _candidates(self) -> list[Path]:
+        if not self.directory.is_dir():
+            return []
+        # Names starting with "." are atomic_save's in-flight temporary files.
+        return sorted(
+            p
+            for p in self.directory.iterdir()
+            if p.is_file() and not p.name.startswith(".") and p.name.endswith((".safetensors", ".state.pt"))
+        )
+
+    def scan(self) -> list[CheckpointSet]:
+        """All complete checkpoints in the directory, newest first."""
+        self.problems = []
+        parts: dict[str, dict[str, Any]] = {}
+        for p in self._candidates():
+            try:
+                if p.name.endswith(".state.pt"):
+                    info = load_training_state(p, mmap=True).get("checkpoint")
+                    role = "state"
+                else:
+                    info = _read_checkpoint_info(p)
+                    role = info.get("role") if info else None
+            except (CheckpointError, json.JSONDecodeError) as exc:
+                self.problems.append(f"{p}: {exc}")
+                continue
+            if not info or role not in self._ROLE_NAMES or "save_id" not in info:
+                continue  # e.g. a model.safetensors copied here: not part of a checkpoint
+            entry = parts.setdefault(str(info["save_id"]), {"step": int(info["step"])})
+            entry[role] = p
+            if role == "state":
+                entry["has_ema"] = bool(info.get("has_ema"))
+        sets = [
+            CheckpointSet(e["step"], sid, e["weights"], e["state"], e.get("ema"))
+            for sid, e in parts.items()
+            if "weights" in e and "state" in e and (not e["has_ema"] or "ema" in e)
+        ]
+        sets.sort(key=lambda s: (s.step, s.state.stat().st_mtime_ns), reverse=True)
+        return sets
+
+    def latest(self) -> CheckpointSet | None:
+        """The newest complete checkpoint, or ``None`` if there is none."""
+        sets = self.scan()
+        return sets[0] if sets else None
+
+    def save(
+        self,
+        step: int,
+        model_state: nn.Module | Mapping[str, torch.Tensor],
+        meta: Mapping[str, Any],
+        training_state: Mapping[str, Any],
+        ema_state: nn.Module | Mapping[str, torch.Tensor] | None = None,
+    ) -> CheckpointSet:
+        """Write a checkpoint for ``step`` and make it ``last``; the old ``last`` becomes ``prev``."""
+        save_id = f"{step}-{uuid.uuid4().hex[:12]}"
+        self.directory.mkdir(parents=True, exist_ok=True)
+        incoming = f"incoming-{save_id}"
+        new = CheckpointSet(step, save_id, self.path(incoming, "weights"), self.path(incoming, "state"))
+        save_model(new.weights, model_state, meta, checkpoint_info={"step": step, "save_id": save_id, "role": "weights"})
+        if ema_state is not None:
+            new.ema = self.path(incoming, "ema")
+            save_model(new.ema, ema_state, meta, checkpoint_info={"step": step, "save_id": save_id, "role": "ema"})
+        state = dict(training_state)
+        state["checkpoint"] = {"step": step, "save_id": save_id, "has_ema": ema_state is not None}
+        save_training_state(new.state, state)
+
+        current = next((s for s in self.scan() if s.save_id != save_id), None)
+        keep = set(new.files()) | set(current.files() if current else [])
+        for p in self._candidates():
+            # Only names this class creates: anything else in the folder is the user's.
+            if p not in keep and p.name.startswith(("last", "prev", "incoming-")):
+                p.unlink(missing_ok=True)
+        if current is not None:
+            self._move(current, "prev")
+        return self._move(new, "last")
+
+    def _move(self, ckpt: CheckpointSet, name: str) -> CheckpointSet:
+        moved = CheckpointSet(ckpt.step, ckpt.save_id, self.path(name, "weights"), self.path(name, "state"))
+        if ckpt.ema is not None:
+            moved.ema = self.path(name, "ema")
+        for src, dst in zip(ckpt.files(), moved.files()):
+            if src != dst:
+                os.replace(src, dst)
+        _fsync_dir(self.directory)
+        return moved
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

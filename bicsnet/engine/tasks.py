@@ -1,0 +1,233 @@
+"""Per-task adapters between batches, models, losses and metrics.
+
+The :class:`~bicsnet.engine.trainer.Trainer` is task-agnostic: it asks a task
+for the loss terms of a batch (which it sums), for the number of images in a
+batch, and for an evaluation over a loader.  Evaluation returns an
+:class:`EvalResult` whose ``metrics`` are exactly the content of
+``metrics.json`` and whose ``artifacts`` are extra JSON files (detection
+writes ``detections.json``, the COCO-format results).
+
+Under ``torchrun`` evaluation loaders must give each sample to exactly one
+rank (``ResumableDistributedSampler(..., shuffle=False, pad=False)``):
+detections are gathered with ``all_gather_object`` and scored on rank 0, then
+the metrics are broadcast; metric accumulators are all-reduced.  Every rank
+returns the same metrics; only rank 0's result carries artifacts.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..errors import ConfigError
+from .distributed import all_gather_objects, broadcast_object, is_distributed, is_main_process
+
+__all__ = [
+    "EvalResult",
+    "Task",
+    "DetectionTask",
+    "ClassificationTask",
+    "SegmentationTask",
+    "TASK_NAMES",
+    "build_task",
+]
+
+TASK_NAMES = ("detection", "instance", "classification", "segmentation")
+
+
+@dataclass
+class EvalResult:
+    """Metrics (the ``metrics.json`` content) and extra JSON artifacts by file name."""
+
+    metrics: dict[str, Any]
+    artifacts: dict[str, Any] = field(default_factory=dict)
+
+
+def _to_device(value: Any, device: torch.device) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device, non_blocking=True)
+    if isinstance(value, Mapping):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_device(v, device) for v in value)
+    return value
+
+
+class Task:
+    """Interface of a task adapter."""
+
+    name = "task"
+
+    def losses(self, model: nn.Module, batch: Any, device: torch.device) -> dict[str, torch.Tensor]:
+        """Loss terms of one training batch (the trainer sums them)."""
+        raise NotImplementedError
+
+    def batch_size(self, batch: Any) -> int:
+        """Number of images in a batch (for img/s)."""
+        return len(batch[0])
+
+    def evaluate(self, model: nn.Module, loader: Iterable, device: torch.device, dataset: Any) -> EvalResult:
+        """Evaluate ``model`` (eval mode is set here) over ``loader``."""
+        raise NotImplementedError
+
+
+class DetectionTask(Task):
+    """Box detection and instance segmentation with torchvision-style models.
+
+    Args:
+        with_masks: evaluate ``segm`` as well as ``bbox``.  ``None`` decides
+            from the model outputs (masks present or not).
+    """
+
+    name = "detection"
+
+    def __init__(self, with_masks: bool | None = None) -> None:
+        self.with_masks = with_masks
+
+    def losses(self, model: nn.Module, batch: Any, device: torch.device) -> dict[str, torch.Tensor]:
+        images, targets = batch
+        images = [img.to(device, non_blocking=True) for img in images]
+        targets = [_to_device(t, device) for t in targets]
+        return dict(model(images, targets))
+
+    @torch.inference_mode()
+    def evaluate(self, model: nn.Module, loader: Iterable, device: torch.device, dataset: Any) -> EvalResult:
+        """COCO ``bbox`` (and ``segm``) AP over ``dataset.coco``; artifact ``detections.json``."""
+        from ..metrics.coco import detections_to_coco_results, evaluate_coco
+
+        model.eval()
+        results: list[dict[str, Any]] = []
+        saw_masks = False
+        for images, targets in loader:
+            outputs = model([img.to(device, non_blocking=True) for img in images])
+            outputs = [{k: v.detach().cpu() for k, v in out.items()} for out in outputs]
+            has_masks = any("masks" in out for out in outputs)
+            saw_masks = saw_masks or has_masks
+            with_masks = has_masks if self.with_masks is None else (self.with_masks and has_masks)
+            image_ids = [int(t["image_id"]) for t in targets]
+            # Converted per batch so masks are kept as compact RLE, not full-size tensors.
+            results.extend(detections_to_coco_results(outputs, image_ids, dataset.cat_ids, with_masks=with_masks))
+        gathered = all_gather_objects((results, saw_masks))
+        metrics: dict[str, Any] | None = None
+        all_results: list[dict[str, Any]] = []
+        if is_main_process():
+            for part, _ in gathered:
+                all_results.extend(part)
+            any_masks = any(flag for _, flag in gathered)
+            masks = any_masks if self.with_masks is None else (self.with_masks and any_masks)
+            iou_types = ("bbox", "segm") if masks else ("bbox",)
+            metrics = evaluate_coco(dataset.coco, all_results, iou_types=iou_types)
+        metrics = broadcast_object(metrics)
+        artifacts = {"detections.json": all_results} if is_main_process() else {}
+        return EvalResult(metrics, artifacts)
+
+
+class ClassificationTask(Task):
+    """Image classification: cross-entropy with optional label smoothing; top-1/top-5 accuracy."""
+
+    name = "classification"
+
+    def __init__(self, label_smoothing: float = 0.0) -> None:
+        self.label_smoothing = label_smoothing
+
+    def losses(self, model: nn.Module, batch: Any, device: torch.device) -> dict[str, torch.Tensor]:
+        images, labels = batch
+        logits = model(images.to(device, non_blocking=True))
+        loss = F.cross_entropy(logits.float(), labels.to(device), label_smoothing=self.label_smoothing)
+        return {"loss_ce": loss}
+
+    @torch.inference_mode()
+    def evaluate(self, model: nn.Module, loader: Iterable, device: torch.device, dataset: Any) -> EvalResult:
+        """``{"top1", "top5"}`` over the loader."""
+        from ..metrics.classification import TopKAccuracy
+
+        model.eval()
+        metric = TopKAccuracy(ks=(1, 5))
+        for images, labels in loader:
+            logits = model(images.to(device, non_blocking=True))
+            metric.update(logits.float().cpu(), labels.cpu())
+        if is_distributed():
+            metric.all_reduce()
+        return EvalResult(dict(metric.compute()))
+
+
+class SegmentationTask(Task):
+    """Semantic segmentation: pixel cross-entropy ignoring ``ignore_index``; mIoU.
+
+    Logits smaller than the mask are upsampled bilinearly to the mask size.
+
+    Args:
+        num_classes: number of classes (needed so every rank builds the same
+            accumulator); ``None`` takes it from ``dataset.num_classes``,
+            ``len(dataset.class_names)`` or the logits.
+        ignore_index: mask value excluded from loss and metrics.
+    """
+
+    name = "segmentation"
+
+    def __init__(self, num_classes: int | None = None, ignore_index: int = 255) -> None:
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+
+    @staticmethod
+    def _match_size(logits: torch.Tensor, size: torch.Size) -> torch.Tensor:
+        if tuple(logits.shape[-2:]) != tuple(size):
+            logits = F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+        return logits
+
+    def losses(self, model: nn.Module, batch: Any, device: torch.device) -> dict[str, torch.Tensor]:
+        images, masks = batch
+        masks = masks.to(device, non_blocking=True)
+        logits = self._match_size(model(images.to(device, non_blocking=True)), masks.shape[-2:])
+        return {"loss_ce": F.cross_entropy(logits.float(), masks, ignore_index=self.ignore_index)}
+
+    def _classes(self, dataset: Any) -> int | None:
+        if self.num_classes is not None:
+            return self.num_classes
+        if getattr(dataset, "num_classes", None) is not None:
+            return int(dataset.num_classes)
+        names = getattr(dataset, "class_names", None)
+        return len(names) if names is not None else None
+
+    @torch.inference_mode()
+    def evaluate(self, model: nn.Module, loader: Iterable, device: torch.device, dataset: Any) -> EvalResult:
+        """``{"mIoU", "pixel_acc", "per_class_iou"}`` over the loader."""
+        from ..metrics.segmentation import SegmentationMetric
+
+        model.eval()
+        class_names = getattr(dataset, "class_names", None)
+        num_classes = self._classes(dataset)
+        metric = None
+        if num_classes is not None:
+            metric = SegmentationMetric(num_classes, ignore_index=self.ignore_index, class_names=class_names)
+        for images, masks in loader:
+            logits = self._match_size(model(images.to(device, non_blocking=True)), masks.shape[-2:])
+            if metric is None:
+                metric = SegmentationMetric(logits.shape[1], ignore_index=self.ignore_index, class_names=class_names)
+            metric.update(logits.argmax(1), masks.to(device))  # the metric follows the tensors' device
+        if metric is None:
+            raise ConfigError("segmentation evaluation: empty dataset and unknown number of classes")
+        if is_distributed():
+            metric.all_reduce()
+        return EvalResult(dict(metric.compute()))
+
+
+def build_task(
+    name: str,
+    num_classes: int | None = None,
+    label_smoothing: float = 0.0,
+    ignore_index: int = 255,
+) -> Task:
+    """Task adapter by name: ``detection``, ``instance``, ``classification`` or ``segmentation``."""
+    if name == "detection":
+        return DetectionTask(with_masks=False)
+    if name == "instance":
+        return DetectionTask(with_masks=True)
+    if name == "classification":
+        return ClassificationTask(label_smoothing=label_smoothing)
+    if name == "segmentation":
+        return SegmentationTask(num_classes=num_classes, ignore_index=ignore_index)
+    raise ConfigError(f"task: unknown task {name!r} (choose from {', '.join(TASK_NAMES)})")
