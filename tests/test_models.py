@@ -14,7 +14,10 @@ from bicsnet.specs import PATHWAYS, TOPOLOGIES
 
 from .conftest import TINY
 
-ALL = bicsnet.list_models()
+from bicsnet.models.registry import is_baseline
+
+ALL = [n for n in bicsnet.list_models() if not is_baseline(n)]
+BASELINES = [n for n in bicsnet.list_models() if is_baseline(n)]
 BICSNET_FAMILY = [n for n in ALL if bicsnet.get_entry(n).builder is None]
 
 
@@ -184,3 +187,17 @@ def test_flops_match_paper_tables() -> None:
             assert abs(r["flops_diff_pct"]) <= 10 and abs(r["params_diff_pct"]) <= 10, r
             checked += 1
     assert checked == 11
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_baselines_build_and_run(name: str) -> None:
+    task = next(iter(bicsnet.get_entry(name).task_builders))
+    m = bicsnet.create_model(name, task, 3, **({"img_size": 128} if task == "detection" else {})).eval()
+    with torch.no_grad():
+        if task == "detection":
+            out = m([torch.rand(3, 100, 128)])
+            assert set(out[0]) >= {"boxes", "scores", "labels"}
+        else:
+            y = m(torch.rand(1, 3, 64, 64))
+            assert y.shape[:2] == (1, 3)
+    assert bicsnet.create_model_from_config(m.bicsnet_config).bicsnet_config == m.bicsnet_config

@@ -19,7 +19,7 @@ from ..backbone import BiCSNet, BiCSNetConfig
 from ..errors import ConfigError
 from ..specs import SCALING
 
-__all__ = ["ModelEntry", "register_model", "list_models", "get_entry", "create_model", "create_model_from_config", "default_input_size", "TASKS"]
+__all__ = ["ModelEntry", "register_model", "list_models", "get_entry", "create_model", "create_model_from_config", "default_input_size", "TASKS", "is_baseline"]
 
 TASKS = ("backbone", "classification", "segmentation", "detection", "instance")
 
@@ -35,6 +35,8 @@ class ModelEntry:
     description: str = ""
     builder: Callable[..., nn.Module] | None = None  # custom backbone builder (lite models)
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Whole-model builders by task for baselines that are not BiCSNet backbones.
+    task_builders: dict[str, Callable[..., nn.Module]] | None = None
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -99,6 +101,8 @@ def create_model(name: str, task: str = "backbone", num_classes: int | None = No
     entry = get_entry(name)
     if task not in TASKS:
         raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    if entry.task_builders is not None:
+        return _create_baseline(entry, task, num_classes, overrides)
     task_keys = _TASK_KWARGS[task]
     backbone_keys = set(entry.extra.get("backbone_fields", _BACKBONE_FIELDS))
     unknown = sorted(set(overrides) - backbone_keys - task_keys)
@@ -132,6 +136,22 @@ def create_model(name: str, task: str = "backbone", num_classes: int | None = No
         kw = {"img_size": entry.input_size, **task_over}
         model = BiCSNetMaskRCNN(backbone, int(num_classes), **kw)
     model.bicsnet_config = {"name": name, "task": task, "num_classes": num_classes, "overrides": dict(overrides)}
+    return model
+
+
+def _create_baseline(entry: ModelEntry, task: str, num_classes: int | None, overrides: dict[str, Any]) -> nn.Module:
+    builders = entry.task_builders or {}
+    if task not in builders:
+        raise ConfigError(f"baseline {entry.name} supports task(s) {', '.join(builders)}, not {task!r}")
+    if num_classes is None or int(num_classes) < 1:
+        raise ConfigError(f"task {task!r} needs num_classes >= 1, got {num_classes}")
+    allowed = _TASK_KWARGS[task] if task == "detection" else set()
+    unknown = sorted(set(overrides) - allowed)
+    if unknown:
+        raise ConfigError(f"option(s) {', '.join(unknown)} do not apply to baseline {entry.name}")
+    kw = {"img_size": entry.input_size, **overrides} if task == "detection" else {}
+    model = builders[task](int(num_classes), **kw)
+    model.bicsnet_config = {"name": entry.name, "task": task, "num_classes": num_classes, "overrides": dict(overrides)}
     return model
 
 
@@ -178,3 +198,30 @@ def _register_family() -> None:
 
 
 _register_family()
+
+
+def _register_baselines() -> None:
+    from . import baselines as b
+
+    register_model(ModelEntry(
+        "retinanet_resnet50_fpn", BiCSNetConfig(), 640, 4.0,
+        "baseline: torchvision ResNet-50-FPN in the same RetinaNet (no pretrained weights)",
+        task_builders={"detection": b.build_retinanet_resnet50_fpn},
+    ))  # fmt: skip
+    register_model(ModelEntry(
+        "deeplabv3_resnet50", BiCSNetConfig(), 512, 3.0, "baseline: torchvision DeepLabv3-ResNet50 (no pretrained weights)",
+        task_builders={"segmentation": b.build_deeplabv3_resnet50},
+    ))  # fmt: skip
+    for depth in (34, 50):
+        register_model(ModelEntry(
+            f"resnet{depth}", BiCSNetConfig(), 224, 3.0, f"baseline: torchvision ResNet-{depth} (no pretrained weights)",
+            task_builders={"classification": lambda k, d=depth: b.build_resnet(d, k)},
+        ))  # fmt: skip
+
+
+_register_baselines()
+
+
+def is_baseline(name: str) -> bool:
+    """Whether ``name`` is a torchvision baseline rather than a BiCSNet model."""
+    return get_entry(name).task_builders is not None

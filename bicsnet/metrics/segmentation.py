@@ -1,0 +1,72 @@
+"""Semantic segmentation metrics from a confusion matrix."""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+from bicsnet.metrics.reduce import all_reduce_sum
+
+__all__ = ["SegmentationMetric"]
+
+
+class SegmentationMetric:
+    """Accumulate a ``num_classes x num_classes`` confusion matrix (rows = ground truth).
+
+    Pixels whose target is ``ignore_index`` are skipped. ``compute`` gives
+    ``mIoU`` (mean over classes present in prediction or ground truth),
+    ``pixel_acc`` and ``per_class_iou`` (``None`` for absent classes).
+    """
+
+    def __init__(self, num_classes: int, ignore_index: int = 255, class_names: Sequence[str] | None = None) -> None:
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
+        self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+
+    def reset(self) -> None:
+        """Forget everything accumulated so far."""
+        self.confusion.zero_()
+
+    @torch.no_grad()
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        """Add a batch: ``pred`` and ``target`` are integer class maps of the same shape (e.g. ``[B, H, W]``)."""
+        if pred.shape != target.shape:
+            raise ValueError(f"pred shape {tuple(pred.shape)} != target shape {tuple(target.shape)}")
+        valid = target != self.ignore_index
+        t = target[valid].long()
+        p = pred[valid].long()
+        if t.numel() and (t.min() < 0 or t.max() >= self.num_classes):
+            raise ValueError(f"target labels must be in [0, {self.num_classes}) or {self.ignore_index}")
+        if p.numel() and (p.min() < 0 or p.max() >= self.num_classes):
+            raise ValueError(f"predicted labels must be in [0, {self.num_classes})")
+        n = self.num_classes
+        counts = torch.bincount(t * n + p, minlength=n * n).reshape(n, n)
+        if self.confusion.device != counts.device:
+            self.confusion = self.confusion.to(counts.device)
+        self.confusion += counts
+
+    def all_reduce(self) -> None:
+        """Sum the confusion matrix over processes (no-op without torch.distributed)."""
+        self.confusion = all_reduce_sum(self.confusion)
+
+    def compute(self) -> dict[str, object]:
+        """Return ``{"mIoU", "pixel_acc", "per_class_iou": {name: float | None}}`` (fractions; 0 when empty)."""
+        cm = self.confusion.double().cpu()
+        tp = cm.diag()
+        union = cm.sum(0) + cm.sum(1) - tp
+        present = union > 0
+        iou = torch.where(present, tp / union.clamp(min=1), torch.full_like(tp, math.nan))
+        total = cm.sum()
+        return {
+            "mIoU": float(iou[present].mean()) if present.any() else 0.0,
+            "pixel_acc": float(tp.sum() / total) if total > 0 else 0.0,
+            "per_class_iou": {
+                name: (float(v) if ok else None) for name, v, ok in zip(self.class_names, iou.tolist(), present.tolist())
+            },
+        }
