@@ -10,7 +10,6 @@ the padding a detector should apply (2^7).
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,6 +74,12 @@ class BiCSNetConfig:
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first bad option."""
+        # Wrong types (e.g. ``--set width_mult=abc``) would fail deep inside the builder.
+        kinds = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+        for f in dataclasses.fields(self):
+            value, want = getattr(self, f.name), kinds.get(str(f.type))
+            if want and (not isinstance(value, want) or (isinstance(value, bool) and bool not in want)):
+                raise ConfigError(f"{f.name}={value!r}: expected {f.type}")
         if self.topology not in TOPOLOGIES:
             raise ConfigError(f"topology {self.topology!r} is not one of {', '.join(TOPOLOGIES)}")
         if self.norm not in NORM_LAYERS:
@@ -116,8 +121,10 @@ class ShapeSpec:
 
 
 def _level_size(h: int, w: int, level: int) -> tuple[int, int]:
+    # ceil(h / 2^l) in integer arithmetic: exact for any size, and free of
+    # float division, so torch.export can keep H and W symbolic.
     s = 2**level
-    return (math.ceil(h / s), math.ceil(w / s))
+    return ((h + s - 1) // s, (w + s - 1) // s)
 
 
 class BiCSNet(nn.Module):
@@ -177,6 +184,16 @@ class BiCSNet(nn.Module):
             {p: ConvNormAct(feats[b][0], c, 1, norm=norm, act=act) for p, b in self.output_blocks.items()}
         )
         self.fpn = FeaturePyramidNetwork([c] * len(self.levels), c) if cfg.fpn else None
+        # Liveness for the forward pass: after block i, drop the features no later
+        # block reads (inference keeps only what is still needed, not every block).
+        last_use: dict[str, int] = {}
+        for i, spec in enumerate(self.specs):
+            for e in spec.inputs:
+                last_use[e.source] = i
+        self._free_after: list[list[str]] = [[] for _ in self.specs]
+        for name, i in last_use.items():
+            self._free_after[i].append(name)
+        self._endpoint_of = {b: p for p, b in self.output_blocks.items()}
         self.out_channels = c
         self.strides = {f"p{lvl}": 2**lvl for lvl in self.levels}
         self.size_divisibility = 2**cfg.max_level
@@ -211,7 +228,8 @@ class BiCSNet(nn.Module):
     def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
         h, w = x.shape[-2:]
         feats: dict[str, torch.Tensor] = {STEM_SOURCE: self.stem(x)}
-        for spec in self.specs:
+        outs: dict[str, torch.Tensor] = {}
+        for i, spec in enumerate(self.specs):
             if spec.part == "stem":
                 src = feats[spec.inputs[0].source]
                 if spec.inputs[0].source == STEM_SOURCE:
@@ -221,7 +239,12 @@ class BiCSNet(nn.Module):
                 size = _level_size(h, w, spec.level)
                 fused = self.fusions[spec.name]([feats[e.source] for e in spec.inputs], size)
                 feats[spec.name] = self.blocks[spec.name](fused)
-        out = OrderedDict((p, self.endpoints[p](feats[b])) for p, b in self.output_blocks.items())
+            p = self._endpoint_of.get(spec.name)
+            if p is not None:  # endpoints as soon as their block exists
+                outs[p] = self.endpoints[p](feats[spec.name])
+            for name in self._free_after[i]:
+                del feats[name]
+        out = OrderedDict((p, outs[p]) for p in self.output_blocks)
         if self.fpn is not None:
             out = self.fpn(out)
         return out

@@ -27,6 +27,7 @@ __all__ = ["EDGE_COLOURS", "draw_topology"]
 
 EDGE_COLOURS = {"main": "black", "gap": "#e6b800", "skip": "#2ca02c", "long_range_gap": "#1f77b4"}
 PART_COLOURS = {"stem": "#dddddd", "down": "#fdd0a2", "down2": "#fdae6b", "up": "#c7e9c0", "end": "#c6dbef"}
+BLOCK_MARKERS = {"bottleneck": ("s", 9), "residual": ("D", 8), "mbconv": ("h", 10)}  # lite models: MBConv
 
 
 def draw_topology(config: BiCSNetConfig, path: str | os.PathLike, title: str | None = None) -> Path:
@@ -52,23 +53,22 @@ def draw_topology(config: BiCSNetConfig, path: str | os.PathLike, title: str | N
             )
     for s in specs:
         x, y = pos[s.name]
-        marker = "s" if s.block == "bottleneck" else "D"
+        marker = BLOCK_MARKERS.get(s.block, ("o", 9))[0]
         ax.scatter([x], [y], s=420, marker=marker, c=PART_COLOURS.get(s.part, "white"), edgecolors="black",
                    linewidths=2.5 if s.output else 1, zorder=2)
         ax.annotate(s.name, (x, y), textcoords="offset points", xytext=(0, -20), ha="center", fontsize=7)
     ax.scatter([0], [1], s=300, marker="o", c="white", edgecolors="black", zorder=2)
-    ax.annotate("7x7 conv", (0, 1), textcoords="offset points", xytext=(0, -18), ha="center", fontsize=7)
+    ax.annotate(getattr(config, "stem_label", "7x7 conv"), (0, 1), textcoords="offset points", xytext=(0, -18), ha="center", fontsize=7)
     ax.set_yticks(range(1, 8), [f"L{lvl}" for lvl in range(1, 8)])
     ax.set_ylim(8.2, 0.4)
     ax.set_xlim(-0.7, len(specs) + 0.7)
     ax.set_xticks([])
     ax.set_title(title or f"{config.topology} topology")
     handles = [Line2D([], [], color=c, lw=2, label=k.replace("_", "-")) for k, c in EDGE_COLOURS.items()]
-    handles += [
-        Line2D([], [], marker="s", ls="", mfc="white", mec="black", ms=9, label="bottleneck"),
-        Line2D([], [], marker="D", ls="", mfc="white", mec="black", ms=8, label="residual"),
-        Line2D([], [], marker="s", ls="", mfc="white", mec="black", mew=2.5, ms=9, label="output P3-P7"),
-    ]
+    for block in sorted({s.block for s in specs}):
+        m, ms = BLOCK_MARKERS.get(block, ("o", 9))
+        handles.append(Line2D([], [], marker=m, ls="", mfc="white", mec="black", ms=ms, label=block))
+    handles.append(Line2D([], [], marker="s", ls="", mfc="white", mec="black", mew=2.5, ms=9, label="output P3-P7"))
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
     fig.tight_layout()
     fmt = path.suffix.lower().lstrip(".")

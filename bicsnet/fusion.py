@@ -26,6 +26,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from .layers import ConvNormAct, make_act
 
@@ -54,7 +55,10 @@ def resize_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     Sizing from the target rather than a scale factor keeps any input size
     working: level l is ceil(H / 2^l), which a factor of 2 does not invert.
     """
-    if tuple(x.shape[-2:]) == tuple(size):
+    # statically_known_true is plain ``==`` in eager mode; under torch.export
+    # with symbolic H/W it never adds a guard (nearest to the same size is an
+    # exact copy, so interpolating when equality is unprovable is harmless).
+    if statically_known_true(x.shape[-2] == size[0]) and statically_known_true(x.shape[-1] == size[1]):
         return x
     return F.interpolate(x, size=size, mode="nearest")
 
@@ -146,10 +150,18 @@ class SpatialFusionModule(nn.Module):
         self.act = make_act(act)
 
     def forward(self, inputs: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        # Accumulate from the first branch: ``sum()`` would start from 0 and
+        # copy the first full-size map once more per fusion.
+        out: torch.Tensor | None = None
         if self.fusion == "fast_normalized":
             w = F.relu(self.weights)
             w = w / (w.sum() + 1e-4)
-            out = sum(w[i] * b(x, size) for i, (b, x) in enumerate(zip(self.branches, inputs)))
-        else:
-            out = sum(b(x, size) for b, x in zip(self.branches, inputs))
+        for i, (b, x) in enumerate(zip(self.branches, inputs)):
+            y = b(x, size)
+            if self.fusion == "fast_normalized":
+                y = w[i] * y
+            out = y if out is None else out + y
+        assert out is not None, "a fusion needs at least one input"
+        if any(out is x for x in inputs):  # one identity branch: the in-place act must not touch the source
+            out = out.clone()
         return self.act(out)

@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from PIL import Image
 
-from .data import load_image
+from .data import load_image, voc_palette
 from .io import atomic_write_json
 from .recipes import load_checkpoint_model
 from .viz import draw_detections, overlay_segmentation, save_image
@@ -24,7 +25,9 @@ def predict_images(
 
     Detection JSON lists boxes (xyxy, original pixels), scores, labels, class
     names and the dataset's own category ids; segmentation writes the class map
-    as a palette PNG plus an overlay; classification writes the top-5 classes.
+    overlaid on the image in VOC colours (``<stem>.png``), the class map itself as
+    a VOC palette PNG (``<stem>_mask.png``, pixel value = class index) and the
+    pixel count per class; classification writes the top-5 classes (JSON only).
     """
     model, meta = load_checkpoint_model(checkpoint, device)
     task, names = meta["task"], list(meta.get("class_names", []))
@@ -57,6 +60,11 @@ def predict_images(
             counts = torch.bincount(pred.flatten(), minlength=len(names) or 1)
             record["pixels_per_class"] = {(names[i] if i < len(names) else str(i)): int(c) for i, c in enumerate(counts) if c}
             pic = overlay_segmentation(img, pred, max(len(names), int(pred.max()) + 1))
+            mask_png = Image.fromarray(pred.to(torch.uint8).numpy())
+            mask_png.putpalette(voc_palette())  # 'L' -> 'P': the VOC label PNG format
+            record["mask_png"] = f"{path.stem}_mask.png"
+            save_image(mask_png, out / record["mask_png"])
+            written.append(out / record["mask_png"])
         else:
             from .data import classification_eval_transforms
 

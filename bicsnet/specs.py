@@ -99,18 +99,22 @@ BICSNET_SPECS: tuple[BlockSpec, ...] = (
 )
 
 #: CSNet-48 (Table IX): the Up-Sampling Part replaced by a second
-#: Down-Sampling Part, keeping every cross-scale pathway. Its blocks climb
-#: L3..L6 again from the stem, with the Skip-Connections of the same levels.
+#: Down-Sampling Part, keeping every cross-scale pathway. The paper gives no
+#: figure of it; our reading: the second part climbs L3..L6 again from the
+#: stem with the Skip-Connections of its levels, the End Part follows it as
+#: in BiCSNet, and L7 of the first part joins the End Part's L7 through a
+#: Skip-Connection (otherwise it would feed nothing).
 CSNET_SPECS: tuple[BlockSpec, ...] = BICSNET_SPECS[:8] + (
     _b("down2_3", "down2", 3, "bottleneck", ("stem3",   "main"), ("down3", "skip")),
     _b("down2_4", "down2", 4, "residual",   ("down2_3", "main"), ("down4", "skip")),
     _b("down2_5", "down2", 5, "bottleneck", ("down2_4", "main"), ("down5", "skip")),
     _b("down2_6", "down2", 6, "residual",   ("down2_5", "main"), ("down6", "skip")),
-    _b("end3",    "end",   3, "bottleneck", ("down2_3", "main"), ("down3", "skip"), output=True),
+    _b("end3",    "end",   3, "bottleneck", ("down2_3", "main"), ("stem3", "long_range_gap"), output=True),
     _b("end4",    "end",   4, "bottleneck", ("end3",    "main"), ("down2_3", "long_range_gap"), output=True),
     _b("end5",    "end",   5, "bottleneck", ("end4",    "main"), ("down2_4", "long_range_gap"), output=True),
     _b("end6",    "end",   6, "bottleneck", ("end5",    "main"), ("down2_5", "long_range_gap"), output=True),
-    _b("end7",    "end",   7, "bottleneck", ("end6",    "main"), ("down2_6", "long_range_gap"), output=True),
+    _b("end7",    "end",   7, "bottleneck", ("end6",    "main"), ("down2_6", "long_range_gap"), ("down7", "skip"),
+       output=True),
 )
 # fmt: on
 

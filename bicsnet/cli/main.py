@@ -8,12 +8,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from typing import Sequence
 
 from ..errors import BicsnetError
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "one_line"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,6 +52,24 @@ def _version() -> str:
     return __version__
 
 
+_QUALIFIED_ERROR = re.compile(r"^(?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exception): ")
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of a user error on one line.
+
+    A DataLoader worker re-raises an error as ``Caught DataError in DataLoader
+    worker process 0.`` followed by the worker's traceback; only the original
+    message (its last line) is what the user needs.
+    """
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    if len(lines) == 1:
+        return lines[0]
+    return _QUALIFIED_ERROR.sub("", lines[-1])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``bicsnet`` script."""
     logging.basicConfig(level=os.environ.get("BICSNET_LOG", "INFO"), format="%(message)s", stream=sys.stderr)
@@ -59,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except BicsnetError as e:
-        print(f"bicsnet {args.command}: error: {e}", file=sys.stderr)
+        print(f"bicsnet {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"bicsnet {args.command}: interrupted", file=sys.stderr)

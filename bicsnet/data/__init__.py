@@ -1,6 +1,6 @@
 """Datasets, transforms, collation and the synthetic dataset generator."""
 from bicsnet.data.coco import CocoDetection, load_coco_json, make_coco
-from bicsnet.data.collate import classification_collate, detection_collate, segmentation_collate
+from bicsnet.data.collate import classification_collate, detection_collate, segmentation_collate, segmentation_collate_unpadded
 from bicsnet.data.folder import ImageFolderDataset
 from bicsnet.data.image import IMAGE_EXTENSIONS, load_image, load_pil_image
 from bicsnet.data.palette import voc_colormap, voc_palette
@@ -33,6 +33,7 @@ __all__ = [
     "generate_synthetic",
     "detection_collate",
     "segmentation_collate",
+    "segmentation_collate_unpadded",
     "classification_collate",
     "RandomCropPad",
     "SanitizeDetectionTarget",

@@ -38,6 +38,11 @@ def _is_num(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
+def _first(items: list[Any], n: int = 5) -> str:
+    shown = "; ".join(str(i) for i in items[:n])
+    return shown + (f"; ... (+{len(items) - n} more)" if len(items) > n else "")
+
+
 def load_coco_json(ann_file: str | os.PathLike) -> dict[str, Any]:
     """Read a COCO JSON file and check its top-level structure.
 
@@ -75,6 +80,32 @@ def make_coco(dataset: dict[str, Any]) -> COCO:
     return coco
 
 
+def _rle_string_counts(text: str) -> list[int] | None:
+    """Decode COCO's compressed RLE string (pycocotools' ``rleFrString``); ``None`` if malformed."""
+    counts: list[int] = []
+    p = 0
+    while p < len(text):
+        x, k, more = 0, 0, True
+        while more:
+            if p >= len(text):
+                return None
+            c = ord(text[p]) - 48
+            if not 0 <= c < 64:
+                return None
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        if len(counts) > 2:
+            x += counts[-2]
+        if x < 0:
+            return None
+        counts.append(x)
+    return counts
+
+
 def _check_segmentation(seg: Any, height: int, width: int) -> tuple[Any, str | None]:
     """Validate a COCO segmentation; return (cleaned segmentation, error or None)."""
     if isinstance(seg, list):
@@ -107,6 +138,11 @@ def _check_segmentation(seg: Any, height: int, width: int) -> tuple[Any, str | N
                 return None, "uncompressed RLE counts must be non-negative ints summing to height*width"
         elif not isinstance(counts, str):
             return None, "RLE 'counts' must be a string or a list of ints"
+        else:
+            decoded = _rle_string_counts(counts)
+            # pycocotools decodes without bounds checks: a bad string would overrun the mask buffer.
+            if decoded is None or sum(decoded) != height * width:
+                return None, "compressed RLE 'counts' is not a valid COCO RLE string covering height*width pixels"
         return seg, None
     return None, f"segmentation must be a polygon list or an RLE dict, got {type(seg).__name__}"
 
@@ -173,23 +209,28 @@ class CocoDetection(Dataset):
         self.ids: list[int] = sorted(self.coco.imgs)
         self._n_clipped = 0
         self._n_degenerate = 0
+        #: Annotation ids whose boxes were dropped as degenerate (<= MIN_BOX_SIZE after clipping).
+        self.dropped_boxes: list[int] = []
         self._targets = [self._prepare(i) for i in self.ids]
         self._log_summary()
 
     # ------------------------------------------------------------------ loading
     def _bad(self, ann: Any, index: int, reason: str) -> None:
         """Count a bad annotation record, or raise when bad records are not tolerated."""
+        aid = ann.get("id") if isinstance(ann, dict) else None
+        where = f"annotation id {aid}" if _is_int(aid) else f"annotations[{index}]"
         if not self.skip_bad:
-            aid = ann.get("id") if isinstance(ann, dict) else None
-            where = f"annotation id {aid}" if aid is not None else f"annotations[{index}]"
             raise DataError(f"{self.ann_file}: {where}: {reason}")
         kind = reason.split(":")[0]  # group the summary by kind, not by offending value
         self._n_bad[kind] = self._n_bad.get(kind, 0) + 1
+        self.skipped.append(f"{where}: {reason}")
 
     def _validate(self, data: dict[str, Any]) -> dict[str, Any]:
         """Check records, fill pycocotools defaults, and return a cleaned dataset dict."""
         f = self.ann_file
         self._n_bad: dict[str, int] = {}
+        #: Every annotation record skipped as malformed, as "annotation id N: reason".
+        self.skipped: list[str] = []
         images: dict[int, dict[str, Any]] = {}
         for i, im in enumerate(data["images"]):
             if not isinstance(im, dict) or not _is_int(im.get("id")):
@@ -280,6 +321,7 @@ class CocoDetection(Dataset):
                 self._n_clipped += 1
             if x2 - x1 <= MIN_BOX_SIZE or y2 - y1 <= MIN_BOX_SIZE:
                 self._n_degenerate += 1
+                self.dropped_boxes.append(ann["id"])
                 continue
             if ann["iscrowd"]:
                 crowd.append((x1, y1, x2, y2))
@@ -302,9 +344,11 @@ class CocoDetection(Dataset):
             f"{n_ann} annotations ({n_crowd} crowd); clipped {self._n_clipped} boxes to the image, "
             f"dropped {self._n_degenerate} degenerate boxes (<= {MIN_BOX_SIZE:g} px)"
         )
+        if self._n_degenerate:
+            msg += f" (annotation ids {_first(self.dropped_boxes)})"
         if self._n_bad:
             detail = ", ".join(f"{n} {reason}" for reason, n in sorted(self._n_bad.items()))
-            msg += f", skipped {sum(self._n_bad.values())} bad annotation records ({detail})"
+            msg += f", skipped {sum(self._n_bad.values())} bad annotation records ({detail}: {_first(self.skipped)})"
         level = logging.WARNING if (self._n_bad or self._n_degenerate) else logging.INFO
         logger.log(level, msg)
 

@@ -5,7 +5,7 @@ from typing import Any, Sequence
 
 import torch
 
-__all__ = ["detection_collate", "segmentation_collate", "classification_collate"]
+__all__ = ["detection_collate", "segmentation_collate", "segmentation_collate_unpadded", "classification_collate"]
 
 
 def detection_collate(batch: Sequence[tuple[torch.Tensor, dict[str, Any]]]) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
@@ -36,6 +36,26 @@ def segmentation_collate(
         images[i, :, :ih, :iw] = image
         masks[i, :ih, :iw] = mask
     return images, masks
+
+
+def segmentation_collate_unpadded(
+    batch: Sequence[tuple[torch.Tensor, torch.Tensor]],
+) -> tuple[torch.Tensor, torch.Tensor] | tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Stack same-size samples; keep samples of different sizes as two lists, unpadded.
+
+    Training crops all have the crop size and become ``[B, C, H, W]`` / ``[B, H, W]``
+    tensors. Whole evaluation images (VOC's vary in size) stay lists, so the model sees
+    each image as it is and the metric does not depend on the batch size (padding
+    would change the predictions near the padded borders).
+    """
+    if not batch:
+        raise ValueError("segmentation_collate_unpadded got an empty batch")
+    for i, (image, mask) in enumerate(batch):
+        if tuple(mask.shape[-2:]) != tuple(image.shape[-2:]):
+            raise ValueError(f"sample {i}: mask shape {tuple(mask.shape)} does not match image shape {tuple(image.shape)}")
+    if len({tuple(image.shape) for image, _ in batch}) == 1:
+        return torch.stack([image for image, _ in batch]), torch.stack([mask.long() for _, mask in batch])
+    return [image for image, _ in batch], [mask.long() for _, mask in batch]
 
 
 def classification_collate(batch: Sequence[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -39,6 +39,9 @@ def _open(path: Path) -> Image.Image:
         raise DataError(f"{path}: image file not found") from None
     except UnidentifiedImageError:
         raise DataError(f"{path}: not a recognised image file") from None
+    except Image.DecompressionBombError as e:
+        # Larger than 2 x PIL.Image.MAX_IMAGE_PIXELS: refused before decoding (memory exhaustion guard).
+        raise DataError(f"{path}: image too large to decode safely ({e}); raise PIL.Image.MAX_IMAGE_PIXELS if it is trusted") from None
     except (OSError, SyntaxError, ValueError) as e:
         # PIL raises OSError for truncated/corrupt data and SyntaxError/ValueError
         # from some decoders' header parsing.

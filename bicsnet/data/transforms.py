@@ -16,6 +16,7 @@ from torchvision.transforms.v2 import functional as F
 
 __all__ = [
     "RandomCropPad",
+    "ScaleJitter",
     "SanitizeDetectionTarget",
     "detection_train_transforms",
     "detection_eval_transforms",
@@ -62,6 +63,18 @@ class RandomCropPad(v2.Transform):
             fill = self.mask_fill if isinstance(inpt, tv_tensors.Mask) else 0
             inpt = self._call_kernel(F.pad, inpt, padding=[0, 0, params["pad_right"], params["pad_bottom"]], fill=fill)
         return self._call_kernel(F.crop, inpt, top=params["top"], left=params["left"], height=self.size, width=self.size)
+
+
+class ScaleJitter(v2.ScaleJitter):
+    """``v2.ScaleJitter`` that keeps at least one pixel on each side.
+
+    For an extreme aspect ratio (say 2000 x 2 px) the short side would round
+    to 0 and the resize fail deep inside torch; here it stays 1 px.
+    """
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        h, w = super().make_params(flat_inputs)["size"]
+        return {"size": (max(1, h), max(1, w))}
 
 
 class SanitizeDetectionTarget:
@@ -113,7 +126,7 @@ def detection_train_transforms(
             v2.ToDtype(torch.float32, scale=True),
             # ScaleJitter scales by min(target/h, target/w) * s: for a square target
             # that puts the long side at img_size * s.
-            v2.ScaleJitter(target_size=(img_size, img_size), scale_range=(lo, hi), antialias=True),
+            ScaleJitter(target_size=(img_size, img_size), scale_range=(lo, hi), antialias=True),
             RandomCropPad(img_size, mask_fill=0),
             v2.RandomHorizontalFlip(p=hflip),
             SanitizeDetectionTarget(),
@@ -142,7 +155,7 @@ def segmentation_train_transforms(crop: int = 512, scale_range: tuple[float, flo
     return v2.Compose(
         [
             v2.ToDtype(torch.float32, scale=True),
-            v2.ScaleJitter(target_size=(crop, crop), scale_range=(lo, hi), antialias=True),
+            ScaleJitter(target_size=(crop, crop), scale_range=(lo, hi), antialias=True),
             RandomCropPad(crop, mask_fill=255),
             v2.RandomHorizontalFlip(p=hflip),
         ]

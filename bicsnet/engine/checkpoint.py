@@ -363,7 +363,7 @@ class RunCheckpointer:
                     info = _read_checkpoint_info(p)
                     role = info.get("role") if info else None
             except (CheckpointError, json.JSONDecodeError) as exc:
-                self.problems.append(f"{p}: {exc}")
+                self.problems.append(str(exc) if str(exc).startswith(str(p)) else f"{p}: {exc}")
                 continue
             if not info or role not in self._ROLE_NAMES or "save_id" not in info:
                 continue  # e.g. a model.safetensors copied here: not part of a checkpoint

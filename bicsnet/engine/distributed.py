@@ -85,8 +85,34 @@ def init_distributed(device: str = "auto") -> torch.device:
         dev = torch.device("cuda", local_rank)
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo", init_method="env://")
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        store = _elastic_attempt_store(world_size)
+        if store is None:
+            dist.init_process_group(backend=backend, init_method="env://")
+        else:
+            dist.init_process_group(backend=backend, store=store, rank=int(os.environ["RANK"]), world_size=world_size)
     return dev
+
+
+def _elastic_attempt_store(world_size: int) -> Any:
+    """torchrun's store with every key under a per-attempt prefix, or ``None`` outside torchrun.
+
+    When ``torchrun --max-restarts N`` restarts a failed worker group, the new
+    workers meet in the same store the agent served to the old ones (torch
+    shares it between rendezvous rounds), which still holds the old attempt's
+    keys: Gloo would read the addresses of the dead workers and fail with
+    "Connection refused".  Prefixing the keys with ``TORCHELASTIC_RESTART_COUNT``
+    keeps the attempts apart.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    from torch.distributed.constants import default_pg_timeout
+
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, is_master=False,
+        timeout=default_pg_timeout,
+    )  # fmt: skip
+    return dist.PrefixStore(f"bicsnet/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
 def shutdown_distributed() -> None:
@@ -213,7 +239,7 @@ class CPUSyncBatchNorm(nn.BatchNorm2d):
         channels = input.shape[1]
         dims = [0, *range(2, input.dim())]
         shape = [1, channels] + [1] * (input.dim() - 2)
-        x = input.float()
+        x = input if input.dtype == torch.float64 else input.float()  # statistics in at least float32
 
         count = torch.full((1,), x.numel() // channels, dtype=x.dtype, device=x.device)
         totals = differentiable_all_reduce(torch.cat([x.sum(dims), count]), group)

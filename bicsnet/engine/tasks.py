@@ -158,6 +158,9 @@ class SegmentationTask(Task):
     """Semantic segmentation: pixel cross-entropy ignoring ``ignore_index``; mIoU.
 
     Logits smaller than the mask are upsampled bilinearly to the mask size.
+    Batches are ``(images [B, C, H, W], masks [B, H, W])`` or, for images of
+    different sizes (:func:`~bicsnet.data.segmentation_collate_unpadded`), two
+    lists: each image then goes through the model on its own, unpadded.
 
     Args:
         num_classes: number of classes (needed so every rank builds the same
@@ -178,11 +181,30 @@ class SegmentationTask(Task):
             logits = F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
         return logits
 
+    @staticmethod
+    def _pairs(images: Any, masks: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``[(images, masks)]`` for a stacked batch, one ``([1, C, H, W], [1, H, W])`` pair per image for lists."""
+        if isinstance(images, torch.Tensor):
+            return [(images, masks)]
+        return [(image[None], mask[None]) for image, mask in zip(images, masks)]
+
     def losses(self, model: nn.Module, batch: Any, device: torch.device) -> dict[str, torch.Tensor]:
         images, masks = batch
-        masks = masks.to(device, non_blocking=True)
-        logits = self._match_size(model(images.to(device, non_blocking=True)), masks.shape[-2:])
-        return {"loss_ce": F.cross_entropy(logits.float(), masks, ignore_index=self.ignore_index)}
+        pairs = self._pairs(images, masks)
+        if len(pairs) == 1:
+            x, y = pairs[0]
+            y = y.to(device, non_blocking=True)
+            logits = self._match_size(model(x.to(device, non_blocking=True)), y.shape[-2:])
+            return {"loss_ce": F.cross_entropy(logits.float(), y, ignore_index=self.ignore_index)}
+        # Images of different sizes: the mean over every labelled pixel of the batch.
+        total, count = None, 0
+        for x, y in pairs:
+            y = y.to(device, non_blocking=True)
+            logits = self._match_size(model(x.to(device, non_blocking=True)), y.shape[-2:])
+            part = F.cross_entropy(logits.float(), y, ignore_index=self.ignore_index, reduction="sum")
+            total = part if total is None else total + part
+            count += int((y != self.ignore_index).sum())
+        return {"loss_ce": total / max(count, 1)}
 
     def _classes(self, dataset: Any) -> int | None:
         if self.num_classes is not None:
@@ -204,10 +226,11 @@ class SegmentationTask(Task):
         if num_classes is not None:
             metric = SegmentationMetric(num_classes, ignore_index=self.ignore_index, class_names=class_names)
         for images, masks in loader:
-            logits = self._match_size(model(images.to(device, non_blocking=True)), masks.shape[-2:])
-            if metric is None:
-                metric = SegmentationMetric(logits.shape[1], ignore_index=self.ignore_index, class_names=class_names)
-            metric.update(logits.argmax(1), masks.to(device))  # the metric follows the tensors' device
+            for x, y in self._pairs(images, masks):
+                logits = self._match_size(model(x.to(device, non_blocking=True)), y.shape[-2:])
+                if metric is None:
+                    metric = SegmentationMetric(logits.shape[1], ignore_index=self.ignore_index, class_names=class_names)
+                metric.update(logits.argmax(1), y.to(device))  # the metric follows the tensors' device
         if metric is None:
             raise ConfigError("segmentation evaluation: empty dataset and unknown number of classes")
         if is_distributed():

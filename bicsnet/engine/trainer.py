@@ -85,7 +85,7 @@ AMP_DTYPES = ("bfloat16", "float16")
 # Options whose change on resume alters the trajectory (others are operational).
 _TRAJECTORY_KEYS = (
     "epochs", "batch_size", "lr", "lr_reference_batch", "momentum", "weight_decay", "warmup_epochs",
-    "warmup_steps", "schedule", "step_milestones", "step_gamma", "min_lr_ratio", "grad_clip", "amp",
+    "warmup_steps", "warmup_max_fraction", "schedule", "step_milestones", "step_gamma", "min_lr_ratio", "grad_clip", "amp",
     "amp_dtype", "ema_decay", "seed", "max_steps", "label_smoothing",
 )  # fmt: skip
 
@@ -104,6 +104,9 @@ class TrainConfig:
         weight_decay: L2 penalty on conv/linear weights (not on biases or norms).
         warmup_epochs: linear warm-up length in epochs (may be fractional).
         warmup_steps: warm-up length in steps; overrides ``warmup_epochs``.
+        warmup_max_fraction: the warm-up never takes more than this fraction of
+            the run's steps (short runs of a recipe made for long ones would
+            otherwise be all warm-up and never decay); 1.0 only caps at the run.
         schedule: ``"step"`` (paper: x0.1, x0.01 at ``step_milestones``) or ``"cosine"``.
         step_milestones: fractions of training where the step schedule decays.
         step_gamma: decay factor of the step schedule.
@@ -136,6 +139,7 @@ class TrainConfig:
     weight_decay: float = 4e-5
     warmup_epochs: float = 1.0
     warmup_steps: int | None = None
+    warmup_max_fraction: float = 1.0
     schedule: str = "step"
     step_milestones: tuple[float, ...] = PAPER_STEP_MILESTONES
     step_gamma: float = 0.1
@@ -169,6 +173,7 @@ class TrainConfig:
             ("weight_decay", self.weight_decay >= 0, "must be >= 0"),
             ("warmup_epochs", self.warmup_epochs >= 0, "must be >= 0"),
             ("warmup_steps", self.warmup_steps is None or self.warmup_steps >= 0, "must be >= 0"),
+            ("warmup_max_fraction", 0 <= self.warmup_max_fraction <= 1, "must be in [0, 1]"),
             ("schedule", self.schedule in SCHEDULES, f"must be one of {', '.join(SCHEDULES)}"),
             (
                 "step_milestones",
@@ -269,9 +274,13 @@ class Trainer:
         collate_fn: batch collation (``None``: PyTorch's default).
         meta: JSON-serialisable model description stored in every weights file
             (name, task, num_classes, overrides, img_size, class_names, cat_ids...).
-        resume: continue from ``OUT/checkpoints`` (error if there is nothing).
-            Without it an existing checkpoint in ``OUT`` is an error too, so a
-            run is never overwritten by accident.
+        resume: continue from ``OUT/checkpoints`` (error if there is nothing);
+            ``"auto"``: resume if there is a checkpoint, else start afresh (for
+            jobs restarted with the same command, e.g. ``torchrun --max-restarts``).
+            Without it an existing checkpoint, ``model.safetensors`` or
+            ``metrics.json`` in ``OUT`` is an error, so a run is never
+            overwritten by accident (logs of a run that died before its first
+            checkpoint are replaced).
     """
 
     def __init__(
@@ -283,7 +292,7 @@ class Trainer:
         config: TrainConfig,
         collate_fn: Callable | None = None,
         meta: Mapping[str, Any] | None = None,
-        resume: bool = False,
+        resume: bool | str = False,
     ) -> None:
         self.config = config
         self.meta = dict(meta or {})
@@ -333,16 +342,28 @@ class Trainer:
         self._start_time = time.perf_counter()
         self.csv_log = CsvLog(self.out_dir / "log.csv")
         self.eval_log = JsonlLog(self.out_dir / "eval_log.jsonl")
+        if resume == "auto":
+            # Resume when there is a checkpoint, else start afresh: what a job restarted
+            # by `torchrun --max-restarts` or a scheduler needs (same command every time).
+            resume = bool(broadcast_object(self.checkpointer.latest() is not None if self.is_main else None))
+        elif resume not in (True, False):
+            raise ConfigError(f"resume={resume!r}: expected True, False or 'auto'")
         if resume:
             self._resume()
         elif train_dataset is not None:
             problem = None
             if self.is_main:
                 existing = self.checkpointer.latest()
+                finished = [n for n in ("model.safetensors", "metrics.json") if (self.out_dir / n).exists()]
                 if existing is not None:
                     problem = (
                         f"{self.checkpointer.directory}: already holds a checkpoint (step {existing.step}); "
                         "resume it or choose another output directory"
+                    )
+                elif finished:
+                    problem = (
+                        f"{self.out_dir}: already holds the results of a run ({', '.join(finished)}); "
+                        "choose another output directory or remove them"
                     )
                 else:
                     self.csv_log.reset()
@@ -369,7 +390,12 @@ class Trainer:
         if cfg.max_steps is not None:
             self.total_steps = min(self.total_steps, cfg.max_steps)
         warmup = cfg.warmup_steps if cfg.warmup_steps is not None else round(cfg.warmup_epochs * self.steps_per_epoch)
-        self.warmup_steps = min(warmup, self.total_steps)
+        self.warmup_steps = min(warmup, int(cfg.warmup_max_fraction * self.total_steps))
+        if self.warmup_steps < warmup and self.is_main:
+            self._log(
+                f"warm-up of {warmup} steps capped to {self.warmup_steps} "
+                f"(warmup_max_fraction={cfg.warmup_max_fraction:g} of {self.total_steps} steps)"
+            )
         self.scheduler = build_scheduler(
             self.optimizer, self.total_steps, self.warmup_steps, cfg.schedule,
             cfg.step_milestones, cfg.step_gamma, cfg.min_lr_ratio,
@@ -432,7 +458,9 @@ class Trainer:
         for problem in self.checkpointer.problems:
             self._log(f"warning: skipped unreadable checkpoint file {problem}")
         if ckpt is None:
-            raise ConfigError(f"{self.checkpointer.directory}: nothing to resume (no complete checkpoint)")
+            problems = self.checkpointer.problems
+            unreadable = f"; {len(problems)} unreadable file(s) skipped, e.g. {problems[0]}" if problems else ""
+            raise ConfigError(f"{self.checkpointer.directory}: nothing to resume (no complete checkpoint{unreadable})")
         weights, _ = load_model(ckpt.weights)
         load_state_into(self.model, weights, strict=True, source=str(ckpt.weights))
         state = load_training_state(ckpt.state)

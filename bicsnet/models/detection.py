@@ -57,7 +57,22 @@ class DetectionTransform(GeneralizedRCNNTransform):
         # Training crops are already img_size x img_size: skip a no-op interpolation.
         if max(image.shape[-2:]) == self.img_size:
             return image, target
-        return super().resize(image, target)
+        h, w = image.shape[-2:]
+        if min(h, w) * self.img_size / max(h, w) >= 1:
+            return super().resize(image, target)
+        # Extreme aspect ratio (e.g. 2000 x 2 px): the short side would round to 0
+        # pixels and fail inside torch; keep it at least 1 pixel.
+        scale = self.img_size / max(h, w)
+        size = [max(1, int(h * scale)), max(1, int(w * scale))]
+        image = nn.functional.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
+        if target is not None:
+            from torchvision.models.detection.transform import resize_boxes
+
+            target["boxes"] = resize_boxes(target["boxes"], (h, w), image.shape[-2:])
+            if "masks" in target:
+                masks = target["masks"][:, None].float()
+                target["masks"] = nn.functional.interpolate(masks, size=size)[:, 0].byte()
+        return image, target
 
 
 def retinanet_anchor_generator(strides: list[int], anchor_scale: float = 3.0) -> AnchorGenerator:

@@ -129,6 +129,8 @@ def create_model(name: str, task: str = "backbone", num_classes: int | None = No
         from .detection import BiCSNetRetinaNet
 
         kw = {"img_size": entry.input_size, "anchor_scale": entry.anchor_scale, **entry.extra.get("detection", {}), **task_over}
+        if "detection_head" in entry.extra:  # lite models: their own (separable) subnets
+            kw["head"] = entry.extra["detection_head"](backbone, int(num_classes), **kw)
         model = BiCSNetRetinaNet(backbone, int(num_classes), **kw)
     else:
         from .detection import BiCSNetMaskRCNN
@@ -225,3 +227,14 @@ _register_baselines()
 def is_baseline(name: str) -> bool:
     """Whether ``name`` is a torchvision baseline rather than a BiCSNet model."""
     return get_entry(name).task_builders is not None
+
+
+def _register_lite() -> None:
+    # Table VII: BiCSNet-lite0..3 (Section V-E), built by bicsnet/lite.py.
+    from ..lite import lite_model_entries
+
+    for entry in lite_model_entries():
+        register_model(entry)
+
+
+_register_lite()

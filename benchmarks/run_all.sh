@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Regenerate benchmarks/results/*.json and *.md (the tables in benchmarks/README.md).
+# Each pair holds the shared benchmark lock, so timings never overlap other timings.
+# Usage: benchmarks/run_all.sh [pair ...]   (default: every pair below)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BICSNET=${BICSNET:-.venv/bin/bicsnet}
+LOCK=${LOCK:-/tmp/bicsnet-bench.lock}
+COMMON=(--iters 5 --warmup 1 --batch 2 --train-batch 2 --train-iters 2 --fast fold,channels_last,compile)
+pairs=("$@")
+[ ${#pairs[@]} -eq 0 ] && pairs=(retinanet-48 retinanet-48s seg-48 cls-48 lite0 lite1 lite2 lite3)
+mkdir -p benchmarks/results
+# Two OpenMP threads stall badly when anything else runs on a 2-core machine:
+# wait (inside the lock, up to QUIET_WAIT seconds) for the 1-minute load to drop.
+QUIET_LOAD=${QUIET_LOAD:-1.0}
+QUIET_WAIT=${QUIET_WAIT:-600}
+wait_quiet='for i in $(seq 1 '"$QUIET_WAIT"'); do awk -v t='"$QUIET_LOAD"' "{exit !(\$1 < t)}" /proc/loadavg && break; sleep 1; done'
+for pair in "${pairs[@]}"; do
+  extra=()
+  case "$pair" in retinanet-48|cls-48) extra=(--onnx) ;; esac
+  flock "$LOCK" bash -c "$wait_quiet; exec \"\$@\"" _ "$BICSNET" bench --pair "$pair" "${COMMON[@]}" "${extra[@]}" \
+    --out "benchmarks/results/$pair.json" > "benchmarks/results/$pair.md"
+  cat "benchmarks/results/$pair.md"
+done

@@ -1,0 +1,189 @@
+"""Train, evaluate and time two models for one task on the same data; print a markdown table.
+
+    flock /tmp/bicsnet-bench.lock .venv/bin/python benchmarks/side_by_side.py \\
+        --task segmentation --models bicsnet_48 deeplabv3_resnet50 \\
+        --img-size 256 --epochs 10 --batch-size 8 --lr 0.05 --out runs/sbs-seg
+
+For each model this runs ``bicsnet train`` (same flags, same data, same recipe,
+same seed) and ``bicsnet eval`` through the CLI as subprocesses and times them,
+then reports
+
+* the metric of ``bicsnet eval`` (segmentation: mIoU, pixel accuracy;
+  classification: top-1, top-5);
+* FLOPs (multiply-adds, ``bicsnet.flops.model_macs``) and parameters at the
+  paper's input size (``--flops-size``: 512 segmentation, 224 classification)
+  for the paper's class count (21 VOC / 1000 ImageNet) and for this data's;
+* batch-1 inference latency at ``--latency-size`` (default: the FLOPs size) on
+  the device: median of ``--latency-runs`` forward passes after warm-up.
+
+With no ``--data`` the CLI's synthetic set is used (``--synth-*``). ``--skip-train``
+reuses finished runs in ``--out``. Numbers go to ``OUT/results.json`` too.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+PAPER_SIZE = {"segmentation": 512, "classification": 224}
+PAPER_CLASSES = {"segmentation": 21, "classification": 1000}
+
+
+def run(cmd: list[str], log: Path) -> float:
+    """Run ``cmd``, teeing nothing: output goes to ``log``; returns wall seconds; raises on failure."""
+    start = time.perf_counter()
+    with open(log, "w") as f:
+        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.exit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{log.read_text()[-3000:]}")
+    return wall
+
+
+def latency_ms(model: torch.nn.Module, size: int, runs: int, device: torch.device) -> float:
+    """Median batch-1 forward time in ms (inference mode)."""
+    model = model.to(device).eval()
+    x = torch.rand(1, 3, size, size, device=device)
+    times = []
+    with torch.inference_mode():
+        for i in range(runs + 2):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            model(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if i >= 2:  # two warm-up passes
+                times.append(time.perf_counter() - t)
+    return 1000 * statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--task", required=True, choices=["segmentation", "classification"])
+    ap.add_argument("--models", nargs=2, required=True, metavar=("A", "B"))
+    ap.add_argument("--img-size", type=int, required=True, help="training crop size")
+    ap.add_argument("--epochs", type=int, required=True)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--lr", type=float, help="default: the recipe's, scaled to the batch")
+    ap.add_argument("--warmup-epochs", type=float)
+    ap.add_argument("--data", help="VOC root / image-folder root (default: synthetic)")
+    ap.add_argument("--synth-dir", default="runs/sbs-synth")
+    ap.add_argument("--synth-train", type=int, default=400)
+    ap.add_argument("--synth-val", type=int, default=100)
+    ap.add_argument("--synth-size", type=int, default=256)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--extra", default="", help="more train flags for both models, e.g. '--label-smoothing 0.1'")
+    ap.add_argument("--flops-size", type=int, help="default: 512 segmentation, 224 classification")
+    ap.add_argument("--latency-size", type=int, help="default: --flops-size")
+    ap.add_argument("--latency-runs", type=int, default=5)
+    ap.add_argument("--threads", type=int, help="torch threads for the latency measurement")
+    ap.add_argument("--skip-train", action="store_true", help="reuse OUT/<model>/model.safetensors")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+
+    from bicsnet.flops import count_params, model_macs
+    from bicsnet.models import create_model
+    from bicsnet.recipes import load_checkpoint_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    bicsnet = [sys.executable, "-m", "bicsnet.cli.main"]
+    data = ["--data", args.data] if args.data else [
+        "--synth-dir", args.synth_dir, "--synth-train", str(args.synth_train), "--synth-val", str(args.synth_val),
+        "--synth-size", str(args.synth_size),
+    ]  # fmt: skip
+    flops_size = args.flops_size or PAPER_SIZE[args.task]
+    lat_size = args.latency_size or flops_size
+    device = torch.device(args.device)
+    rows = []
+    for name in args.models:
+        run_dir = out / name
+        train_cmd = [
+            *bicsnet, "train", "--task", args.task, "--model", name, *data, "--img-size", str(args.img_size),
+            "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--workers", str(args.workers),
+            "--device", args.device, "--seed", str(args.seed), "--ckpt-every", "0", "--log-every", "10", "--out", str(run_dir),
+            *(["--lr", str(args.lr)] if args.lr is not None else []),
+            *(["--warmup-epochs", str(args.warmup_epochs)] if args.warmup_epochs is not None else []),
+            *args.extra.split(),
+        ]  # fmt: skip
+        train_s = None
+        if not args.skip_train:
+            print("$", " ".join(train_cmd[2:]).replace("bicsnet.cli.main", "bicsnet"), flush=True)
+            train_s = run(train_cmd, out / f"{name}.train.log")
+        eval_cmd = [*bicsnet, "eval", "--checkpoint", str(run_dir), *(["--data", args.data] if args.data else []),
+                    "--device", args.device, "--workers", str(args.workers), "--out", str(out / f"{name}.eval"),
+                    "--overwrite"]  # fmt: skip
+        eval_s = run(eval_cmd, out / f"{name}.eval.log")
+        metrics = json.loads((out / f"{name}.eval" / "metrics.json").read_text())
+        model, meta = load_checkpoint_model(run_dir, "cpu")
+        with torch.device("meta"):
+            paper_model = create_model(name, args.task, PAPER_CLASSES[args.task])
+        row = {
+            "model": name,
+            "metrics": {k: v for k, v in metrics.items() if k != "per_class_iou"},
+            "train_s": train_s,
+            "eval_s": eval_s,
+            "steps": sum(1 for _ in open(run_dir / "log.csv")) - 1,
+            "gmacs_paper": model_macs(paper_model, args.task, flops_size) / 1e9,
+            "params_m_paper": count_params(paper_model) / 1e6,
+            "gmacs_here": model_macs(model, args.task, args.img_size) / 1e9,
+            "params_m_here": count_params(model) / 1e6,
+            "latency_ms": latency_ms(model, lat_size, args.latency_runs, device),
+            "train_cmd": " ".join(train_cmd[2:]).replace("bicsnet.cli.main", "bicsnet"),
+        }
+        rows.append(row)
+        print(json.dumps({k: v for k, v in row.items() if k != "train_cmd"}), flush=True)
+
+    env = {
+        "python": platform.python_version(), "torch": torch.__version__, "machine": platform.machine(),
+        "cpu": _cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": args.device,
+    }  # fmt: skip
+    (out / "results.json").write_text(json.dumps({"args": vars(args), "env": env, "rows": rows}, indent=2) + "\n")
+    print()
+    print(table(args.task, rows, flops_size, lat_size, args.img_size))
+    print(f"\n{env}")
+
+
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def table(task: str, rows: list[dict], flops_size: int, lat_size: int, img_size: int) -> str:
+    keys = ["mIoU", "pixel_acc"] if task == "segmentation" else ["top1", "top5"]
+    n_cls = PAPER_CLASSES[task]
+    head = (
+        f"| model | {' | '.join(keys)} | GMACs @{flops_size} ({n_cls} cl.) | params (M) | GMACs @{img_size} (here) "
+        f"| latency b=1 @{lat_size} (ms) | train (s) | steps |"
+    )
+    lines = [head, "|" + "---|" * (len(keys) + 7)]
+    for r in rows:
+        m = " | ".join(f"{r['metrics'][k]:.3f}" for k in keys)
+        train = f"{r['train_s']:.0f}" if r["train_s"] is not None else "-"
+        lines.append(
+            f"| {r['model']} | {m} | {r['gmacs_paper']:.2f} | {r['params_m_paper']:.1f} | {r['gmacs_here']:.2f} "
+            f"| {r['latency_ms']:.0f} | {train} | {r['steps']} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,401 @@
+"""ONNX export of trained models, and running the exported graph with NMS outside.
+
+What goes into the graph, per task:
+
+* ``backbone``: images (B, 3, H, W) -> ``p3`` .. ``p7``.
+* ``classification``: images in [0, 1] -> ``logits`` (B, K) (normalisation inside).
+* ``segmentation``: images in [0, 1] -> ``logits`` (B, K, H, W).
+* ``detection`` (RetinaNet): *pre-processed* images (normalised, resized,
+  zero-padded to a multiple of 128, as :class:`~bicsnet.models.detection.DetectionTransform`
+  makes them) -> ``boxes`` (B, N, 4), decoded xyxy in input pixels for every
+  anchor, and ``scores`` (B, N, K), sigmoid class probabilities. N is the
+  anchors of all levels, finest first.
+
+**NMS lives outside the graph.** Pre-processing (resize, pad), per-level
+top-k candidate selection, score threshold, class-wise NMS and rescaling to
+the original image are done in PyTorch by :func:`postprocess_detections`
+(:class:`OnnxDetector` wraps it all), exactly as torchvision's RetinaNet does
+after its head, so ONNX detections match the eager model's. Keeping NMS
+outside keeps the graph static-shaped apart from the input and lets a
+deployment use its runtime's own NMS (e.g. TensorRT's EfficientNMS) on
+``boxes``/``scores``; every setting needed for it is stored in the ONNX
+file's metadata (``bicsnet.*`` keys: score/NMS thresholds, top-k,
+detections per image, anchors per location, levels, image size, class names).
+
+Dynamic shapes (``dynamic=True``): batch, height and width are symbolic.
+The backbone sizes level ``l`` as ``ceil(H / 2^l)`` with integer arithmetic and
+skips a no-op resize only when the sizes are provably equal, so
+``torch.export`` needs no shape guards and any H, W works (detection inputs
+are multiples of 128 anyway). Example inputs are taken with batch 2 and sides
+of at least 256 so no dimension is specialised to 1.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+from torch import Tensor, nn
+from torchvision.ops import boxes as box_ops
+
+from .errors import ConfigError
+
+__all__ = [
+    "EXPORT_TASKS",
+    "NetworkOnly",
+    "DetectionExportModule",
+    "export_module",
+    "export_onnx",
+    "export_checkpoint",
+    "postprocess_detections",
+    "OnnxModel",
+    "OnnxDetector",
+    "load_onnx",
+    "quiet_stdout",
+]
+
+EXPORT_TASKS = ("backbone", "classification", "segmentation", "detection")
+_META_PREFIX = "bicsnet."
+
+
+class NetworkOnly(nn.Module):
+    """The part of a model FLOPs are counted on: backbone + task head, a tuple of tensors out.
+
+    Detection models (ours, torchvision's RetinaNet / SSD / SSDlite) return
+    the head's raw outputs (``bbox_regression``, ``cls_logits``); a dict
+    output (torchvision segmenters) gives its ``out``.
+    """
+
+    def __init__(self, model: nn.Module, task: str) -> None:
+        super().__init__()
+        self.model = model
+        self.task = task
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        if self.task == "detection":
+            out = self.model.head(list(self.model.backbone(x).values()))
+            return tuple(out[k] for k in sorted(out))
+        out = self.model(x)
+        if isinstance(out, dict):
+            return tuple(out.values()) if self.task == "backbone" else (out["out"],)
+        return (out,)
+
+
+@contextlib.contextmanager
+def quiet_stdout() -> Iterator[None]:
+    """Silence the exporter's progress prints and its optimizer's per-node messages."""
+    loggers = [logging.getLogger(n) for n in ("onnxscript", "onnx_ir", "torch.onnx")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        for lg, lv in zip(loggers, levels):
+            lg.setLevel(lv)
+
+
+def _anchors_for(feature: Tensor, stride: int, cell: Tensor) -> Tensor:
+    """torchvision's ``AnchorGenerator.grid_anchors`` for one level, shape-symbolic."""
+    h, w = feature.shape[-2:]
+    shifts_x = torch.arange(w, device=feature.device, dtype=torch.int32).to(cell.dtype) * stride
+    shifts_y = torch.arange(h, device=feature.device, dtype=torch.int32).to(cell.dtype) * stride
+    sy, sx = torch.meshgrid(shifts_y, shifts_x, indexing="ij")
+    sx, sy = sx.reshape(-1), sy.reshape(-1)
+    shifts = torch.stack((sx, sy, sx, sy), dim=1)
+    return (shifts.view(-1, 1, 4) + cell.view(1, -1, 4)).reshape(-1, 4)
+
+
+class DetectionExportModule(nn.Module):
+    """RetinaNet without NMS: pre-processed images -> (boxes, scores) for every anchor.
+
+    Anchors are computed from the feature shapes inside the graph (same
+    formula as torchvision's ``AnchorGenerator``; with inputs padded to 128
+    the stride of level ``l`` is exactly ``2^l``), and decoded with the
+    model's own ``BoxCoder``. Boxes are not clipped: clipping needs each
+    image's size before padding, which :func:`postprocess_detections` has.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        if not (hasattr(model, "backbone") and hasattr(model, "head") and hasattr(model, "anchor_generator")):
+            raise ConfigError("detection export needs a RetinaNet-style model (backbone, head, anchor_generator)")
+        self.backbone = model.backbone
+        self.head = model.head
+        self.box_coder = model.box_coder
+        strides = getattr(model.backbone, "strides", None)
+        if not strides:
+            raise ConfigError("detection export needs a backbone that declares its strides")
+        self.strides = [int(s) for s in strides.values()]
+        cells = model.anchor_generator.cell_anchors
+        if not cells:
+            cells = model.anchor_generator.generate_anchors(model.anchor_generator.sizes, model.anchor_generator.aspect_ratios)
+        for i, c in enumerate(cells):
+            self.register_buffer(f"cell_anchors_{i}", c.detach().clone().float(), persistent=False)
+        self.num_levels = len(self.strides)
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        feats = list(self.backbone(images).values())
+        out = self.head(feats)
+        anchors = torch.cat(
+            [_anchors_for(f, s, getattr(self, f"cell_anchors_{i}")) for i, (f, s) in enumerate(zip(feats, self.strides))]
+        )
+        reg = out["bbox_regression"]
+        b = reg.shape[0]
+        boxes = self.box_coder.decode_single(reg.reshape(-1, 4), anchors.repeat(b, 1)).reshape(b, -1, 4)
+        return boxes, torch.sigmoid(out["cls_logits"])
+
+
+def export_module(model: nn.Module, task: str) -> tuple[nn.Module, list[str], list[str]]:
+    """The module that goes into the graph for ``task``, with input and output names."""
+    if task not in EXPORT_TASKS:
+        raise ConfigError(f"export supports tasks {', '.join(EXPORT_TASKS)}, not {task!r} (Mask R-CNN is not exported)")
+    model = model.eval()
+    if task == "detection":
+        return DetectionExportModule(model).eval(), ["images"], ["boxes", "scores"]
+    if task == "backbone":
+        names = list(getattr(model, "out_features", [f"p{i}" for i in range(3, 8)]))
+        return NetworkOnly(model, task).eval(), ["images"], names
+    return NetworkOnly(model, task).eval(), ["images"], ["logits"]
+
+
+def _example_input(task: str, img_size: int | tuple[int, int], batch: int, dynamic: bool) -> Tensor:
+    h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
+    if task == "detection":  # the transform pads to 128
+        h, w = -(-h // 128) * 128, -(-w // 128) * 128
+    if dynamic:  # no size 1 (it would be specialised), and no accidental equalities
+        batch = max(2, batch)
+        h, w = max(h, 256), max(w, 256)
+    return torch.rand(batch, 3, h, w)
+
+
+def export_onnx(
+    model: nn.Module,
+    task: str,
+    out: str | os.PathLike,
+    img_size: int | tuple[int, int],
+    *,
+    dynamic: bool = False,
+    batch: int = 1,
+    opset: int | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Export ``model`` for ``task`` to ``out`` (ONNX, torch.export-based exporter).
+
+    Static export fixes batch and size to ``batch`` x ``img_size`` (detection:
+    rounded up to 128); ``dynamic=True`` makes batch, height and width
+    symbolic. ``metadata`` is stored as ``bicsnet.<key>`` metadata props.
+    """
+    module, in_names, out_names = export_module(model, task)
+    x = _example_input(task, img_size, batch, dynamic)
+    kwargs: dict[str, Any] = {"input_names": in_names, "output_names": out_names, "dynamo": True, "verbose": False}
+    if opset is not None:
+        kwargs["opset_version"] = opset
+    if dynamic:
+        from torch.export import Dim
+
+        kwargs["dynamic_shapes"] = (
+            {0: Dim("batch", min=1, max=1024), 2: Dim("height", min=32, max=8192), 3: Dim("width", min=32, max=8192)},
+        )
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings(), torch.no_grad(), quiet_stdout():
+        warnings.simplefilter("ignore")
+        try:
+            program = torch.onnx.export(module, (x,), **kwargs)
+        except ImportError as e:  # onnx / onnxscript missing
+            raise ConfigError(f"ONNX export needs the 'export' extra (pip install 'bicsnet[export]'): {e}") from e
+    program.save(str(out))
+    meta = {"task": task, "dynamic": dynamic, "input_size": list(x.shape[-2:]), **(metadata or {})}
+    _write_metadata(out, meta)
+    return out
+
+
+def _write_metadata(path: Path, meta: dict[str, Any]) -> None:
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    existing = {p.key: p for p in proto.metadata_props}
+    for k, v in meta.items():
+        key = _META_PREFIX + k
+        value = json.dumps(v)
+        if key in existing:
+            existing[key].value = value
+        else:
+            proto.metadata_props.add(key=key, value=value)
+    external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
+    if external:  # big models keep their weights beside the graph; rewrite the graph only
+        onnx.save(proto, str(path), save_as_external_data=True, location=path.name + ".data")
+    else:
+        onnx.save(proto, str(path))
+
+
+def detection_metadata(model: nn.Module, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What :class:`OnnxDetector` needs to pre- and post-process like the eager model."""
+    meta = dict(meta or {})
+    transform = model.transform
+    return {
+        "img_size": int(getattr(transform, "img_size", transform.max_size)),
+        "size_divisible": int(transform.size_divisible),
+        "image_mean": [float(v) for v in transform.image_mean],
+        "image_std": [float(v) for v in transform.image_std],
+        "score_thresh": float(model.score_thresh),
+        "nms_thresh": float(model.nms_thresh),
+        "detections_per_img": int(model.detections_per_img),
+        "topk_candidates": int(model.topk_candidates),
+        "anchors_per_location": int(model.anchor_generator.num_anchors_per_location()[0]),
+        "strides": [int(s) for s in model.backbone.strides.values()],
+        "num_classes": int(model.num_classes),
+        "label_offset": 1,  # labels are 1..K, 0 = background
+        "class_names": list(meta.get("class_names", [])),
+        "nms": "outside the graph: bicsnet.export.postprocess_detections (torchvision RetinaNet semantics)",
+    }
+
+
+def export_checkpoint(
+    checkpoint: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    dynamic: bool = False,
+    img_size: int | None = None,
+    batch: int = 1,
+    opset: int | None = None,
+) -> Path:
+    """Rebuild a trained model from its ``model.safetensors`` and export it to ONNX."""
+    from .recipes import load_checkpoint_model
+
+    model, meta = load_checkpoint_model(checkpoint, "cpu")
+    task = meta["task"]
+    size = int(img_size or meta.get("img_size") or 224)
+    extra: dict[str, Any] = {"model": meta.get("model"), "class_names": list(meta.get("class_names", []))}
+    if task == "detection":
+        extra.update(detection_metadata(model, meta))
+    return export_onnx(model, task, out, size, dynamic=dynamic, batch=batch, opset=opset, metadata=extra)
+
+
+# --------------------------------------------------------------------------- running
+
+
+def postprocess_detections(
+    boxes: Tensor,
+    scores: Tensor,
+    image_sizes: Sequence[tuple[int, int]],
+    anchors_per_level: Sequence[int],
+    score_thresh: float = 0.05,
+    nms_thresh: float = 0.5,
+    topk_candidates: int = 1000,
+    detections_per_img: int = 100,
+    label_offset: int = 1,
+) -> list[dict[str, Tensor]]:
+    """NMS outside the graph: torchvision RetinaNet's ``postprocess_detections``.
+
+    ``boxes`` (B, N, 4) decoded, ``scores`` (B, N, K) probabilities, N split
+    into levels by ``anchors_per_level``. Per image and level: keep scores
+    above ``score_thresh``, the ``topk_candidates`` best, clip boxes to the
+    image's size before padding; then class-wise NMS over all levels and the
+    ``detections_per_img`` best. Labels are ``index + label_offset``.
+    """
+    num_classes = scores.shape[-1]
+    results = []
+    for b, (h, w) in enumerate(image_sizes):
+        all_boxes, all_scores, all_labels = [], [], []
+        for box_l, score_l in zip(boxes[b].split(list(anchors_per_level)), scores[b].split(list(anchors_per_level))):
+            flat = score_l.flatten()
+            keep = flat > score_thresh
+            flat = flat[keep]
+            idxs = torch.where(keep)[0]
+            k = min(topk_candidates, idxs.numel())
+            flat, order = flat.topk(k)
+            idxs = idxs[order]
+            anchor_idxs = torch.div(idxs, num_classes, rounding_mode="floor")
+            all_boxes.append(box_ops.clip_boxes_to_image(box_l[anchor_idxs], (int(h), int(w))))
+            all_scores.append(flat)
+            all_labels.append(idxs % num_classes)
+        bx, sc, lb = torch.cat(all_boxes), torch.cat(all_scores), torch.cat(all_labels)
+        keep = box_ops.batched_nms(bx, sc, lb, nms_thresh)[:detections_per_img]
+        results.append({"boxes": bx[keep], "scores": sc[keep], "labels": lb[keep] + label_offset})
+    return results
+
+
+class OnnxModel:
+    """An exported graph in onnxruntime: ``model(x)`` -> list of numpy-backed tensors."""
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
+        try:
+            import onnx
+            import onnxruntime as ort
+        except ImportError as e:
+            raise ConfigError(f"running ONNX models needs onnxruntime (pip install 'bicsnet[export]'): {e}") from e
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such ONNX file")
+        opts = ort.SessionOptions()
+        threads = threads or torch.get_num_threads()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        proto = onnx.load(str(path), load_external_data=False)
+        self.meta = {
+            p.key[len(_META_PREFIX):]: json.loads(p.value) for p in proto.metadata_props if p.key.startswith(_META_PREFIX)
+        }
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def __call__(self, x: Tensor) -> list[Tensor]:
+        outs = self.session.run(None, {self.input_name: x.detach().cpu().float().contiguous().numpy()})
+        return [torch.from_numpy(o) for o in outs]
+
+
+class OnnxDetector:
+    """An exported RetinaNet run like the eager model: ``det(list_of_images)`` -> detections.
+
+    Images are float (3, H, W) in [0, 1] of any size; pre-processing is the
+    model's :class:`~bicsnet.models.detection.DetectionTransform` (rebuilt
+    from the file's metadata), NMS is :func:`postprocess_detections`, and
+    boxes come back in original-image pixels.
+    """
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
+        from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+        from .models.detection import DetectionTransform
+
+        self.net = OnnxModel(path, threads)
+        m = self.net.meta
+        if m.get("task") != "detection":
+            raise ConfigError(f"{path}: not a detection export (task {m.get('task')!r})")
+        self.transform: GeneralizedRCNNTransform = DetectionTransform(int(m["img_size"]), int(m["size_divisible"]))
+        self.transform.image_mean, self.transform.image_std = list(m["image_mean"]), list(m["image_std"])
+        self.transform.eval()
+
+    def anchors_per_level(self, h: int, w: int) -> list[int]:
+        a = int(self.net.meta["anchors_per_location"])
+        return [-(-h // s) * -(-w // s) * a for s in self.net.meta["strides"]]
+
+    @torch.no_grad()
+    def __call__(self, images: Sequence[Tensor]) -> list[dict[str, Tensor]]:
+        m = self.net.meta
+        original = [tuple(int(v) for v in img.shape[-2:]) for img in images]
+        batch, _ = self.transform(list(images))
+        boxes, scores = self.net(batch.tensors)
+        h, w = batch.tensors.shape[-2:]
+        dets = postprocess_detections(
+            boxes, scores, batch.image_sizes, self.anchors_per_level(int(h), int(w)),
+            m["score_thresh"], m["nms_thresh"], m["topk_candidates"], m["detections_per_img"], m.get("label_offset", 1),
+        )  # fmt: skip
+        return self.transform.postprocess(dets, batch.image_sizes, original)
+
+
+def load_onnx(path: str | os.PathLike, threads: int | None = None) -> OnnxModel | OnnxDetector:
+    """The right runner for an exported file (detector or plain network)."""
+    net = OnnxModel(path, threads)
+    if net.meta.get("task") == "detection":
+        return OnnxDetector(path, threads)
+    return net

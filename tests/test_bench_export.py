@@ -1,0 +1,203 @@
+"""bench, the inference fast path and ONNX export, at tiny sizes (CPU, well under a minute)."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from torch import nn
+
+import bicsnet
+from bicsnet.cli.main import main
+from bicsnet.fastpath import apply_fast_path, count_batchnorms, fold_batchnorm
+
+from .conftest import TINY
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny models are hundreds of small ops: on a shared 2-core machine two
+    # OpenMP threads mostly wait for each other. One thread is several times faster.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _randomize_bn(model: nn.Module) -> nn.Module:
+    """Non-trivial BN statistics and affine terms, so folding has something to fold."""
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+    return model.eval()
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-4) -> bool:
+    # Within 1e-4 of the tensor's scale (1e-4 absolute for values of order 1;
+    # for boxes in pixels, 1e-4 of the largest coordinate).
+    return a.shape == b.shape and (a.numel() == 0 or float((a - b).abs().max()) <= tol * max(1.0, float(b.abs().max())))
+
+
+def test_bench_tiny_json(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
+    out = tmp_path / "bench.json"
+    # The cls-48 pair with a tiny BiCSNet and ResNet-18 for ResNet-50, to keep it quick.
+    argv = ["bench", "--pair", "cls-48", "--baseline", "tv:resnet18", "--img-size", "64", "--set", "width_mult=0.125",
+            "--set", "endpoint_channels=16", "--iters", "2", "--warmup", "1", "--batch", "2", "--train-batch", "2",
+            "--train-iters", "1", "--threads", "1", "--json", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res == json.loads(out.read_text())
+    assert res["model"]["name"] == "bicsnet_48" and res["baseline"]["name"] == "tv:resnet18"
+    for role in ("model", "baseline"):
+        r = res[role]
+        for key in ("gmacs", "params_m", "net_ms", "e2e_ms", "throughput_ips", "train_ips"):
+            assert r[key] > 0, (role, key)
+        assert "train_peak_mb" in r and "train_mem_per_image_mb" in r and "infer_peak_mb" in r
+    assert res["ratios"]["gmacs"] == pytest.approx(res["model"]["gmacs"] / res["baseline"]["gmacs"], rel=1e-2)
+    assert set(res["targets"]) >= {"net_latency_vs_flops"}
+    assert res["machine"]["torch"] == torch.__version__
+
+
+def test_bench_detector_and_fast_path() -> None:
+    from bicsnet.bench import ModelSpec, format_table, run_bench
+
+    spec = ModelSpec("bicsnet_48", "detection", 256, 3, dict(TINY))
+    res = run_bench(spec, None, warmup=0, iters=1, batch=1, train_batch=1, train_iters=1, fast="fold,channels_last", memory=False)
+    assert set(res["model"]["fast"]) == {"fold", "channels_last", "fold+channels_last"}
+    assert res["model"]["e2e_ms"] > 0 and res["model"]["train_ips"] > 0 and "ratios" not in res
+    assert "network latency, fold (ms)" in format_table(res)
+
+
+def test_bench_user_errors() -> None:
+    assert main(["bench", "--pair", "nope"]) == 2
+    assert main(["bench"]) == 2
+    assert main(["bench", "--model", "bicsnet_48", "--baseline", "tv:no_such_model", "--task", "classification"]) == 2
+    assert main(["bench", "--pair", "cls-48", "--fast", "warp"]) == 2
+    assert main(["bench", "--list-pairs"]) == 0
+
+
+def test_fold_batchnorm_matches_eager() -> None:
+    import torchvision
+
+    cls = _randomize_bn(bicsnet.create_model("bicsnet_48", "classification", 5, **TINY))
+    seg = _randomize_bn(bicsnet.create_model("bicsnet_48", "segmentation", 4, **TINY))
+    r18 = _randomize_bn(torchvision.models.resnet18(weights=None, num_classes=7))
+    x = torch.rand(2, 3, 64, 80)
+    for model in (cls, seg, r18):
+        folded = fold_batchnorm(model)
+        assert count_batchnorms(model) > 0 and count_batchnorms(folded) == 0
+        with torch.no_grad():
+            ref, got = model(x), folded(x)
+        assert _close(got, ref), float((got - ref).abs().max())
+    # Folding copies: the original keeps its BatchNorms; the fast path stacks with channels_last.
+    fast = apply_fast_path(cls, ["fold", "channels_last"])
+    with torch.no_grad():
+        assert _close(fast(x.contiguous(memory_format=torch.channels_last)), cls(x))
+    assert count_batchnorms(cls) > 0
+
+
+def test_onnx_backbone_dynamic_and_classifier(tmp_path) -> None:
+    from bicsnet.export import OnnxModel, export_onnx
+
+    bb = _randomize_bn(bicsnet.create_model("bicsnet_48", "backbone", **TINY))
+    path = export_onnx(bb, "backbone", tmp_path / "bb.onnx", 128, dynamic=True)
+    net = OnnxModel(path)
+    assert net.output_names == ["p3", "p4", "p5", "p6", "p7"]
+    for shape in [(1, 3, 64, 64), (2, 3, 97, 203)]:  # any size, any batch: no 128-multiple needed
+        x = torch.rand(*shape)
+        with torch.no_grad():
+            ref = list(bb(x).values())
+        got = net(x)
+        assert [g.shape for g in got] == [r.shape for r in ref]
+        assert all(_close(g, r) for g, r in zip(got, ref))
+
+    cls = _randomize_bn(bicsnet.create_model("bicsnet_48", "classification", 10, **TINY))
+    path = export_onnx(cls, "classification", tmp_path / "cls.onnx", 64, batch=2)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = cls(x)
+    (got,) = OnnxModel(path)(x)
+    assert got.shape == (2, 10) and _close(got, ref)
+
+
+def _detector_checkpoint(tmp_path, size: int = 256):
+    from bicsnet.engine.checkpoint import save_model
+
+    model = _randomize_bn(bicsnet.create_model("bicsnet_48", "detection", 3, img_size=size, **TINY))
+    meta = {"model": model.bicsnet_config, "task": "detection", "img_size": size, "num_classes": 3, "class_names": ["a", "b", "c"]}
+    path = tmp_path / "model.safetensors"
+    save_model(path, model, meta)
+    return model, path
+
+
+def _assert_same_detections(ref: list[dict], got: list[dict], tol: float = 1e-4) -> None:
+    """Same detections; order-insensitive among (near-)equal scores, which float noise may swap."""
+    assert len(ref) == len(got)
+    for r, g in zip(ref, got):
+        assert r["boxes"].shape == g["boxes"].shape
+        assert _close(g["scores"], r["scores"])
+        if not len(r["boxes"]):
+            continue
+        scale = tol * max(1.0, float(r["boxes"].abs().max()))
+        same = (
+            ((r["boxes"][:, None] - g["boxes"][None]).abs().amax(-1) <= scale)
+            & (r["labels"][:, None] == g["labels"][None])
+            & ((r["scores"][:, None] - g["scores"][None]).abs() <= tol)
+        )
+        assert bool(same.any(1).all()) and bool(same.any(0).all())
+
+
+def test_export_cli_detector_batch2_and_zero_detections(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bicsnet.export import OnnxDetector
+
+    model, ckpt = _detector_checkpoint(tmp_path)
+    out = tmp_path / "det.onnx"
+    assert main(["export", "--checkpoint", str(ckpt), "--format", "onnx", "--batch", "2", "--out", str(out)]) == 0
+    assert "onnxruntime vs PyTorch" in capsys.readouterr().out
+    det = OnnxDetector(out)
+    assert det.net.output_names == ["boxes", "scores"] and "outside" in det.net.meta["nms"]
+    images = [torch.rand(3, 200, 256), torch.rand(3, 256, 170)]  # both pad to 256 x 256: batch 2
+    # Random weights score every anchor at ~0.01 < 0.05: zero detections, in both.
+    with torch.no_grad():
+        ref = model(images)
+    got = det(images)
+    assert all(len(d["boxes"]) == 0 for d in ref) and all(len(d["boxes"]) == 0 for d in got)
+    _assert_same_detections(ref, got)
+    # Threshold 0: every image keeps its top-k candidates, NMS has work to do. (Unpadded
+    # images: padding gives many anchors exactly equal scores, which NMS may order either way.)
+    images = [torch.rand(3, 256, 256), torch.rand(3, 256, 256)]
+    model.score_thresh = det.net.meta["score_thresh"] = 0.0
+    with torch.no_grad():
+        ref = model(images)
+    got = det(images)
+    assert all(len(d["boxes"]) > 0 for d in ref)
+    _assert_same_detections(ref, got)
+
+
+def test_export_cli_user_errors(tmp_path) -> None:
+    assert main(["export", "--checkpoint", str(tmp_path / "missing.safetensors"), "--out", str(tmp_path / "x.onnx")]) == 2
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    assert main(["export", "--checkpoint", str(bad), "--out", str(tmp_path / "x.onnx")]) == 2
+
+
+@pytest.mark.skipif(not os.environ.get("BICSNET_SLOW_TESTS"), reason="dynamic detector export takes ~30 s; BICSNET_SLOW_TESTS=1")
+def test_export_detector_dynamic(tmp_path) -> None:
+    from bicsnet.export import OnnxDetector, detection_metadata, export_onnx
+
+    model = _randomize_bn(bicsnet.create_model("bicsnet_48", "detection", 3, img_size=256, score_thresh=0.0, **TINY))
+    path = export_onnx(model, "detection", tmp_path / "det.onnx", 256, dynamic=True, metadata=detection_metadata(model))
+    det = OnnxDetector(path)
+    for images in ([torch.rand(3, 500, 260)], [torch.rand(3, 256, 256), torch.rand(3, 120, 256), torch.rand(3, 256, 64)]):
+        with torch.no_grad():
+            ref = model(images)
+        _assert_same_detections(ref, det(images))

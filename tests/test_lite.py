@@ -1,0 +1,192 @@
+"""BiCSNet-lite0..3 (Section V-E, Table VII): blocks, backbone, separable head, figures."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import bicsnet
+from bicsnet.flops import PAPER_ROWS, paper_comparison
+from bicsnet.fusion import GlobalContext, ResampleBranch
+from bicsnet.lite import (
+    LITE_LEVEL_FILTERS,
+    BiCSNetLite,
+    BiCSNetLiteConfig,
+    MBConv,
+    SeparableConv,
+    SeparableRetinaNetHead,
+    SqueezeExcite,
+    make_divisible,
+)
+from bicsnet.models.detection import BiCSNetRetinaNet, FocalLossClassificationHead
+from bicsnet.specs import BICSNET_SPECS
+
+LITE = [f"bicsnet_lite{i}" for i in range(4)]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny tensors: a second intra-op thread only adds synchronisation, and on a
+    # shared 2-core machine its spin-waits cost seconds per test.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny(name: str, task: str = "backbone", num_classes: int | None = None, **kw):
+    over = {**bicsnet.get_entry(name).extra["tiny"], **kw}
+    return bicsnet.create_model(name, task, num_classes, **over)
+
+
+# ---------------------------------------------------------------------------- MBConv
+
+
+@pytest.mark.parametrize("stride,cin,cout,size", [(1, 16, 16, (9, 13)), (2, 16, 24, (9, 13)), (1, 8, 24, (5, 5))])
+def test_mbconv_shapes_and_shortcut(stride: int, cin: int, cout: int, size: tuple[int, int]) -> None:
+    m = MBConv(cin, cout, stride=stride, expand_ratio=6, se_ratio=0.25).eval()
+    y = m(torch.rand(2, cin, *size))
+    assert y.shape == (2, cout, math.ceil(size[0] / stride), math.ceil(size[1] / stride))
+    assert m.use_residual == (stride == 1 and cin == cout)
+    assert m.expand[0].out_channels == 6 * cin
+    dw = m.depthwise[0]
+    assert dw.groups == 6 * cin and dw.kernel_size == (3, 3) and dw.stride == (stride, stride)
+    assert isinstance(m.se, SqueezeExcite) and m.se.reduce.out_channels == int(cin * 0.25)
+
+
+def test_mbconv_residual_starts_as_identity_and_options() -> None:
+    m = MBConv(8, 8).eval()
+    x = torch.rand(1, 8, 6, 6)
+    torch.testing.assert_close(m(x), x)  # zero-initialised last norm
+    assert isinstance(MBConv(8, 8, se_ratio=0.0).se, nn.Identity)
+    assert isinstance(MBConv(8, 8, expand_ratio=1).expand, nn.Identity)
+    assert make_divisible(0.6 * 16) == 16 and make_divisible(1.1 * 112) == 120 and make_divisible(0.65 * 40) == 24
+
+
+# ---------------------------------------------------------------------------- backbone
+
+
+def test_lite_reuses_the_bicsnet_block_graph() -> None:
+    specs = BiCSNetLiteConfig().specs()
+    assert [(s.name, s.part, s.level, s.inputs, s.output) for s in specs] == [
+        (s.name, s.part, s.level, s.inputs, s.output) for s in BICSNET_SPECS
+    ]
+    assert {s.block for s in specs} == {"mbconv"}
+    assert LITE_LEVEL_FILTERS == {1: 16, 2: 24, 3: 40, 4: 80, 5: 112, 6: 112, 7: 112}
+    no_gac = BiCSNetLiteConfig(gap_connection=False).specs()
+    assert not any(e.kind == "gap" for s in no_gac for e in s.inputs)
+
+
+def test_lite_backbone_is_built_as_section_v_e_says() -> None:
+    m = bicsnet.create_model("bicsnet_lite2")  # width 1.0: the paper's level widths
+    assert isinstance(m, BiCSNetLite) and m.size_divisibility == 128 and m.out_channels == 64
+    assert [m.blocks[n][0].out_channels for n in ("stem1", "down3", "down4", "down5", "down6", "down7")] == [24, 40, 80, 112, 112, 112]
+    assert m.stem[0].kernel_size == (3, 3) and m.stem[0].out_channels == 16
+    assert all(isinstance(b, MBConv) and b.expand[0].out_channels == 6 * b.in_channels for g in m.blocks.values() for b in g)
+    assert all(f.fusion == "fast_normalized" for f in m.fusions.values())
+    branches = [b for b in m.modules() if isinstance(b, ResampleBranch)]
+    assert branches and all(isinstance(b.squeeze, nn.Identity) for b in branches)  # SFM's 1x1 squeeze removed
+    downs = [b for b in branches if b.out_level > b.in_level]
+    assert downs and all(isinstance(b.down[0], nn.PixelUnshuffle) for b in downs)  # space-to-depth, then a conv
+    assert any(isinstance(x, GlobalContext) for x in m.modules())
+    # Every conv kernel is at most 3x3.
+    assert all(max(c.kernel_size) <= 3 for c in m.modules() if isinstance(c, nn.Conv2d))
+
+
+@pytest.mark.parametrize("name", LITE)
+def test_lite_forward_backward_small(name: str) -> None:
+    m = tiny(name, drop_path_rate=0.1).train()
+    x = torch.rand(2, 3, 70, 90)
+    out = m(x)
+    assert list(out) == ["p3", "p4", "p5", "p6", "p7"]
+    for lvl, v in zip(range(3, 8), out.values()):
+        assert v.shape == (2, m.out_channels, math.ceil(70 / 2**lvl), math.ceil(90 / 2**lvl))
+    sum(v.square().mean() for v in out.values()).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters())
+    assert m.output_shape()["p7"].stride == 128 and m.out_features == ["p3", "p4", "p5", "p6", "p7"]
+
+
+def test_lite_config_round_trips() -> None:
+    m = tiny("bicsnet_lite1", "detection", 5, focal_gamma=2.0)
+    cfg = json.loads(json.dumps(m.bicsnet_config))
+    m2 = bicsnet.create_model_from_config(cfg)
+    assert str(m2) == str(m)
+    assert sum(p.numel() for p in m2.parameters()) == sum(p.numel() for p in m.parameters())
+    c = m.backbone.config
+    assert BiCSNetLiteConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
+    with pytest.raises(bicsnet.ConfigError, match="sfm_ratio"):
+        bicsnet.create_model("bicsnet_lite0", sfm_ratio=0.5)  # a BiCSNet knob, not a lite one
+    with pytest.raises(bicsnet.ConfigError, match="fusion"):
+        BiCSNetLite(fusion="concat")
+
+
+def test_default_input_sizes() -> None:
+    assert [bicsnet.default_input_size(n) for n in LITE] == [256, 384, 384, 512]
+    assert all(bicsnet.default_input_size(n) % 128 == 0 for n in LITE)
+
+
+# ---------------------------------------------------------------------------- detector
+
+
+def test_lite_detector_train_step_and_eval() -> None:
+    m = tiny("bicsnet_lite0", "detection", 3, img_size=128, score_thresh=0.0, detections_per_img=10)
+    assert isinstance(m, BiCSNetRetinaNet) and isinstance(m.head, SeparableRetinaNetHead)
+    images = [torch.rand(3, 128, 128), torch.rand(3, 96, 128)]
+    targets = [
+        {"boxes": torch.tensor([[10.0, 12.0, 60.0, 70.0]]), "labels": torch.tensor([3])},
+        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)},
+    ]
+    m.train()
+    opt = torch.optim.SGD(m.parameters(), lr=0.01)
+    losses = m(images, targets)
+    assert set(losses) == {"classification", "bbox_regression"}
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    opt.step()
+    m.eval()
+    with torch.no_grad():
+        dets = m(images)
+    assert len(dets) == 2
+    for d, img in zip(dets, images):
+        assert d["boxes"].shape[1] == 4 and 0 < len(d["boxes"]) <= 10
+        assert d["labels"].min() >= 1 and d["labels"].max() <= 3  # 1..K
+        assert (d["boxes"][:, 2] <= img.shape[2]).all() and (d["boxes"][:, 3] <= img.shape[1]).all()
+
+
+def test_separable_head_contract() -> None:
+    m = tiny("bicsnet_lite3", "detection", 7, focal_alpha=0.3, focal_gamma=2.0)
+    cls = m.head.classification_head
+    assert isinstance(cls, FocalLossClassificationHead) and cls.focal_alpha == 0.3 and cls.focal_gamma == 2.0
+    # All head convs are depthwise 3x3 or pointwise 1x1 (separable), 4 layers of 104 for lite3.
+    convs = [c for c in m.head.modules() if isinstance(c, nn.Conv2d)]
+    assert all(c.kernel_size == (1, 1) or c.groups == c.in_channels for c in convs)
+    assert len(cls.subnet.convs) == 4 and isinstance(cls.subnet.convs[0], SeparableConv)
+    assert cls.subnet.convs[1][1].out_channels == 104
+    # A norm per level per layer, as EfficientDet.
+    assert len(cls.subnet.norms) == 5 and all(isinstance(n, nn.BatchNorm2d) for lv in cls.subnet.norms for n in lv)
+    m.eval()
+    feats = [torch.rand(1, m.backbone.out_channels, s, s) for s in (8, 4, 2, 1, 1)]
+    out = m.head(feats)
+    anchors = 9 * sum(s * s for s in (8, 4, 2, 1, 1))
+    assert out["cls_logits"].shape == (1, anchors, 7) and out["bbox_regression"].shape == (1, anchors, 4)
+    # Prior probability 0.01 on the class logits.
+    torch.testing.assert_close(torch.sigmoid(out["cls_logits"]).mean(), torch.tensor(0.01), atol=2e-3, rtol=0)
+
+
+def test_other_tasks_on_lite() -> None:
+    m = tiny("bicsnet_lite0", "classification", 4).eval()
+    with torch.no_grad():
+        assert m(torch.rand(1, 3, 64, 64)).shape == (1, 4)
+
+
+# ---------------------------------------------------------------------------- Table VII
+
+
+def test_table_vii_within_10_percent() -> None:
+    rows = paper_comparison(tuple(r for r in PAPER_ROWS if r.table == "VII"))
+    assert [r["model"] for r in rows] == LITE
+    for r in rows:
+        assert abs(r["flops_diff_pct"]) <= 10 and abs(r["params_diff_pct"]) <= 10, r
