@@ -48,8 +48,9 @@ def test_transform_resizes_long_side_only_when_needed_and_pads_to_128() -> None:
 
 
 def test_focal_gamma_is_settable_and_changes_the_loss() -> None:
-    imgs = [torch.rand(3, 128, 128)]
-    tgt = [{"boxes": torch.tensor([[10.0, 20, 70, 90]]), "labels": torch.tensor([3])}]
+    # Two images: BN in training mode needs more than one value per channel at P7.
+    imgs = [torch.rand(3, 128, 128), torch.rand(3, 128, 128)]
+    tgt = [{"boxes": torch.tensor([[10.0, 20, 70, 90]]), "labels": torch.tensor([3])}] * 2
     losses = []
     for g in (1.5, 2.0):
         torch.manual_seed(0)
@@ -86,8 +87,8 @@ def test_mask_rcnn_trains_and_predicts_masks() -> None:
     m = bicsnet.create_model("bicsnet_48", "instance", 3, img_size=128, **TINY_DET).train()
     mask = torch.zeros(1, 128, 128, dtype=torch.uint8)
     mask[0, 20:80, 30:90] = 1
-    tgt = [{"boxes": torch.tensor([[30.0, 20, 90, 80]]), "labels": torch.tensor([2]), "masks": mask}]
-    losses = m([torch.rand(3, 128, 128)], tgt)
+    tgt = [{"boxes": torch.tensor([[30.0, 20, 90, 80]]), "labels": torch.tensor([2]), "masks": mask}] * 2
+    losses = m([torch.rand(3, 128, 128), torch.rand(3, 128, 128)], tgt)
     assert {"loss_mask", "loss_classifier", "loss_objectness"} <= set(losses)
     sum(losses.values()).backward()
     assert m.rpn._post_nms_top_n["testing"] == 1000  # Table III: 1000 proposals

@@ -22,7 +22,7 @@ __all__ = ["register", "DEMO_PRESETS"]
 
 #: What the demo trains on each kind of device (measured in benchmarks/README.md).
 DEMO_PRESETS = {
-    "cpu": {"model": "bicsnet_48_tiny", "img_size": 256, "epochs": 24, "batch_size": 8, "lr": 0.04, "synth_train": 400, "synth_val": 100},
+    "cpu": {"model": "bicsnet_48_tiny", "img_size": 256, "epochs": 24, "batch_size": 8, "lr": 0.01, "synth_train": 400, "synth_val": 100},
     "cuda": {"model": "bicsnet_48s", "img_size": 384, "epochs": 60, "batch_size": 16, "lr": 0.08, "synth_train": 1000, "synth_val": 200},
 }
 
