@@ -504,6 +504,7 @@ def run_bench(
     say = log or (lambda s: None)
     specs = [model] + ([baseline] if baseline is not None else [])
     roles = ["model", "baseline"][: len(specs)]
+    machine_start = _machine(device)  # load average before the runs: other work skews timings
     torch.manual_seed(0)
     models = [build_model(s, score_thresh) for s in specs]
     works = [Workload(s, m, device, batch, train_batch, seed=i) for i, (s, m) in enumerate(zip(specs, models))]
@@ -569,9 +570,12 @@ def run_bench(
         for role, w in zip(roles, works):
             results[role]["infer_peak_mb"] = peak_memory_mb(lambda w=w: w.network_fn()(w.x1), device)
 
+    machine = {**machine_start}
+    with contextlib.suppress(OSError, AttributeError):
+        machine["loadavg_1m_end"] = round(os.getloadavg()[0], 2)
     out: dict[str, Any] = {
         "pair": pair,
-        "machine": _machine(device),
+        "machine": machine,
         "settings": {
             "warmup": warmup, "iters": iters, "batch": batch, "train_batch": train_batch, "train_iters": n_train,
             "score_thresh": score_thresh, "fast": fast_opts, "onnx": onnx,
@@ -628,7 +632,8 @@ def format_table(res: dict[str, Any]) -> str:
     lines = [
         f"## {res.get('pair') or title}",
         "",
-        f"{title}; {m['device']} ({m['cpu']}, {m['threads']} threads), torch {m['torch']}; "
+        f"{title}; {m['device']} ({m['cpu']}, {m['threads']} threads), torch {m['torch']}, "
+        f"load average {m.get('loadavg_1m', '-')} -> {m.get('loadavg_1m_end', '-')}; "
         f"median of {s['iters']} alternating runs after {s['warmup']} warm-up; batch {s['batch']}, train batch {s['train_batch']}",
         "",
     ]

