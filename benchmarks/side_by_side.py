@@ -16,15 +16,22 @@ then reports
 * batch-1 inference latency at ``--latency-size`` (default: the FLOPs size) on
   the device: median of ``--latency-runs`` forward passes after warm-up.
 
-With no ``--data`` the CLI's synthetic set is used (``--synth-*``). ``--skip-train``
-reuses finished runs in ``--out``. Numbers go to ``OUT/results.json`` too.
+With no ``--data`` the CLI's synthetic set is used (``--synth-*``). A finished run
+in ``OUT/<model>`` (``model.safetensors`` present) is not trained again. With
+``--train-budget S`` a training still running after S seconds is interrupted and the
+script stops; run the same command again and it resumes from the last checkpoint
+(``--ckpt-every`` steps), so long pairs fit into short ``flock`` slots. Training
+time is the trainer's own (``log.csv``'s ``time``, summed over resumes; no start-up).
+Numbers go to ``OUT/results.json`` too.
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -37,15 +44,28 @@ PAPER_SIZE = {"segmentation": 512, "classification": 224}
 PAPER_CLASSES = {"segmentation": 21, "classification": 1000}
 
 
-def run(cmd: list[str], log: Path) -> float:
-    """Run ``cmd``, teeing nothing: output goes to ``log``; returns wall seconds; raises on failure."""
+def run(cmd: list[str], log: Path, budget: float | None = None) -> float:
+    """Run ``cmd`` with its output appended to ``log``; return wall seconds; exit on failure or budget."""
     start = time.perf_counter()
-    with open(log, "w") as f:
-        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
+    with open(log, "a") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
+        try:
+            rc = proc.wait(timeout=budget)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGINT)  # the CLI stops cleanly; the last checkpoint stays
+            proc.wait()
+            sys.exit(f"--train-budget {budget:g} s used up; run the same command again to resume ({log})")
     wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        sys.exit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{log.read_text()[-3000:]}")
+    if rc != 0:
+        sys.exit(f"command failed ({rc}): {' '.join(cmd)}\n{log.read_text()[-3000:]}")
     return wall
+
+
+def train_seconds(run_dir: Path) -> tuple[float, int]:
+    """(training seconds, steps) from the last row of ``log.csv``."""
+    with open(run_dir / "log.csv", newline="") as f:
+        last = list(csv.DictReader(f))[-1]
+    return float(last["time"]), int(last["step"])
 
 
 def latency_ms(model: torch.nn.Module, size: int, runs: int, device: torch.device) -> float:
@@ -88,12 +108,14 @@ def main() -> None:
     ap.add_argument("--latency-size", type=int, help="default: --flops-size")
     ap.add_argument("--latency-runs", type=int, default=5)
     ap.add_argument("--threads", type=int, help="torch threads for the latency measurement")
-    ap.add_argument("--skip-train", action="store_true", help="reuse OUT/<model>/model.safetensors")
+    ap.add_argument("--bn-momentum", type=float, help="passed to bicsnet train for both models")
+    ap.add_argument("--ckpt-every", type=int, default=50)
+    ap.add_argument("--train-budget", type=float, help="seconds of training per invocation (then stop; rerun resumes)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
     from bicsnet.flops import count_params, model_macs
-    from bicsnet.models import create_model
+    from bicsnet.models import create_model, create_model_from_config
     from bicsnet.recipes import load_checkpoint_model
 
     if args.threads:
@@ -114,32 +136,35 @@ def main() -> None:
         train_cmd = [
             *bicsnet, "train", "--task", args.task, "--model", name, *data, "--img-size", str(args.img_size),
             "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--workers", str(args.workers),
-            "--device", args.device, "--seed", str(args.seed), "--ckpt-every", "0", "--log-every", "10", "--out", str(run_dir),
-            *(["--lr", str(args.lr)] if args.lr is not None else []),
+            "--device", args.device, "--seed", str(args.seed), "--ckpt-every", str(args.ckpt_every), "--log-every", "10",
+            "--out", str(run_dir), *(["--lr", str(args.lr)] if args.lr is not None else []),
+            *(["--bn-momentum", str(args.bn_momentum)] if args.bn_momentum is not None else []),
             *(["--warmup-epochs", str(args.warmup_epochs)] if args.warmup_epochs is not None else []),
             *args.extra.split(),
         ]  # fmt: skip
-        train_s = None
-        if not args.skip_train:
-            print("$", " ".join(train_cmd[2:]).replace("bicsnet.cli.main", "bicsnet"), flush=True)
-            train_s = run(train_cmd, out / f"{name}.train.log")
+        if not (run_dir / "model.safetensors").exists():
+            resume = ["--resume"] if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()) else []
+            print("$", " ".join(train_cmd[2:] + resume).replace("bicsnet.cli.main", "bicsnet"), flush=True)
+            run(train_cmd + resume, out / f"{name}.train.log", args.train_budget)
+        train_s, steps = train_seconds(run_dir)
         eval_cmd = [*bicsnet, "eval", "--checkpoint", str(run_dir), *(["--data", args.data] if args.data else []),
                     "--device", args.device, "--workers", str(args.workers), "--out", str(out / f"{name}.eval"),
                     "--overwrite"]  # fmt: skip
         eval_s = run(eval_cmd, out / f"{name}.eval.log")
         metrics = json.loads((out / f"{name}.eval" / "metrics.json").read_text())
         model, meta = load_checkpoint_model(run_dir, "cpu")
-        with torch.device("meta"):
+        with torch.device("meta"):  # counting runs on shapes only
             paper_model = create_model(name, args.task, PAPER_CLASSES[args.task])
+            here_model = create_model_from_config(meta["model"])
         row = {
             "model": name,
             "metrics": {k: v for k, v in metrics.items() if k != "per_class_iou"},
             "train_s": train_s,
             "eval_s": eval_s,
-            "steps": sum(1 for _ in open(run_dir / "log.csv")) - 1,
+            "steps": steps,
             "gmacs_paper": model_macs(paper_model, args.task, flops_size) / 1e9,
             "params_m_paper": count_params(paper_model) / 1e6,
-            "gmacs_here": model_macs(model, args.task, args.img_size) / 1e9,
+            "gmacs_here": model_macs(here_model, args.task, args.img_size) / 1e9,
             "params_m_here": count_params(model) / 1e6,
             "latency_ms": latency_ms(model, lat_size, args.latency_runs, device),
             "train_cmd": " ".join(train_cmd[2:]).replace("bicsnet.cli.main", "bicsnet"),
@@ -177,7 +202,7 @@ def table(task: str, rows: list[dict], flops_size: int, lat_size: int, img_size:
     lines = [head, "|" + "---|" * (len(keys) + 7)]
     for r in rows:
         m = " | ".join(f"{r['metrics'][k]:.3f}" for k in keys)
-        train = f"{r['train_s']:.0f}" if r["train_s"] is not None else "-"
+        train = f"{r['train_s']:.0f}"
         lines.append(
             f"| {r['model']} | {m} | {r['gmacs_paper']:.2f} | {r['params_m_paper']:.1f} | {r['gmacs_here']:.2f} "
             f"| {r['latency_ms']:.0f} | {train} | {r['steps']} |"
