@@ -8,7 +8,7 @@ BICSNET=${BICSNET:-.venv/bin/bicsnet}
 LOCK=${LOCK:-/tmp/bicsnet-bench.lock}
 COMMON=(--iters 5 --warmup 1 --batch 2 --train-batch 2 --train-iters 2 --fast fold,channels_last,compile)
 pairs=("$@")
-[ ${#pairs[@]} -eq 0 ] && pairs=(retinanet-48 retinanet-48s seg-48 cls-48 lite0 lite1 lite2 lite3 retinanet-48-head-none)
+[ ${#pairs[@]} -eq 0 ] && pairs=(retinanet-48 retinanet-48s seg-48 cls-48 lite0 lite1 lite2 lite3 retinanet-48-head-none retinanet-48-gradckpt)
 mkdir -p benchmarks/results
 # Two OpenMP threads stall badly when anything else runs on a 2-core machine:
 # wait (inside the lock, up to QUIET_WAIT seconds) for the 1-minute load to drop.
@@ -21,6 +21,8 @@ for pair in "${pairs[@]}"; do
     retinanet-48|cls-48) args+=(--onnx) ;;
     # The same pair with torchvision's head (no norm in the subnets) instead of our GN head.
     retinanet-48-head-none) args=(--pair retinanet-48 --set head_norm=none --iters 5 --warmup 1 --batch 2 --train-batch 2 --train-iters 2) ;;
+    # The same pair training with the fusions recomputed in backward (BiCSNet.set_grad_checkpointing).
+    retinanet-48-gradckpt) args=(--pair retinanet-48 --set grad_checkpointing=true --iters 3 --warmup 1 --batch 2 --train-batch 2 --train-iters 2) ;;
   esac
   # Retry once when other work started during the run (load average at its end above RETRY_LOAD).
   for attempt in 1 2; do

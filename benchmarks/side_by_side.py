@@ -8,11 +8,12 @@ For each model this runs ``bicsnet train`` (same flags, same data, same recipe,
 same seed) and ``bicsnet eval`` through the CLI as subprocesses and times them,
 then reports
 
-* the metric of ``bicsnet eval`` (segmentation: mIoU, pixel accuracy;
-  classification: top-1, top-5);
+* the metric of ``bicsnet eval`` (detection: box AP, AP50, AP75; segmentation:
+  mIoU, pixel accuracy; classification: top-1, top-5);
 * FLOPs (multiply-adds, ``bicsnet.flops.model_macs``) and parameters at the
-  paper's input size (``--flops-size``: 512 segmentation, 224 classification)
-  for the paper's class count (21 VOC / 1000 ImageNet) and for this data's;
+  paper's input size (``--flops-size``: 640 detection, 512 segmentation, 224
+  classification) for the paper's class count (80 COCO / 21 VOC / 1000
+  ImageNet) and for this data's;
 * batch-1 inference latency at ``--latency-size`` (default: the FLOPs size) on
   the device: median of ``--latency-runs`` forward passes after warm-up.
 
@@ -40,8 +41,10 @@ from pathlib import Path
 
 import torch
 
-PAPER_SIZE = {"segmentation": 512, "classification": 224}
-PAPER_CLASSES = {"segmentation": 21, "classification": 1000}
+PAPER_SIZE = {"detection": 640, "segmentation": 512, "classification": 224}
+PAPER_CLASSES = {"detection": 80, "segmentation": 21, "classification": 1000}
+#: Metrics in the table; detection reads them from metrics.json's "bbox".
+METRIC_KEYS = {"detection": ["AP", "AP50", "AP75"], "segmentation": ["mIoU", "pixel_acc"], "classification": ["top1", "top5"]}
 
 
 def run(cmd: list[str], log: Path, budget: float | None = None) -> float:
@@ -88,7 +91,7 @@ def latency_ms(model: torch.nn.Module, size: int, runs: int, device: torch.devic
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--task", required=True, choices=["segmentation", "classification"])
+    ap.add_argument("--task", required=True, choices=["detection", "segmentation", "classification"])
     ap.add_argument("--models", nargs=2, required=True, metavar=("A", "B"))
     ap.add_argument("--img-size", type=int, required=True, help="training crop size")
     ap.add_argument("--epochs", type=int, required=True)
@@ -104,7 +107,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--extra", default="", help="more train flags for both models, e.g. '--label-smoothing 0.1'")
-    ap.add_argument("--flops-size", type=int, help="default: 512 segmentation, 224 classification")
+    ap.add_argument("--flops-size", type=int, help="default: 640 detection, 512 segmentation, 224 classification")
     ap.add_argument("--latency-size", type=int, help="default: --flops-size")
     ap.add_argument("--latency-runs", type=int, default=5)
     ap.add_argument("--threads", type=int, help="torch threads for the latency measurement")
@@ -152,6 +155,8 @@ def main() -> None:
                     "--overwrite"]  # fmt: skip
         eval_s = run(eval_cmd, out / f"{name}.eval.log")
         metrics = json.loads((out / f"{name}.eval" / "metrics.json").read_text())
+        if args.task == "detection":
+            metrics = metrics["bbox"]
         model, meta = load_checkpoint_model(run_dir, "cpu")
         with torch.device("meta"):  # counting runs on shapes only
             paper_model = create_model(name, args.task, PAPER_CLASSES[args.task])
@@ -193,7 +198,7 @@ def _cpu_name() -> str:
 
 
 def table(task: str, rows: list[dict], flops_size: int, lat_size: int, img_size: int) -> str:
-    keys = ["mIoU", "pixel_acc"] if task == "segmentation" else ["top1", "top5"]
+    keys = METRIC_KEYS[task]
     n_cls = PAPER_CLASSES[task]
     head = (
         f"| model | {' | '.join(keys)} | GMACs @{flops_size} ({n_cls} cl.) | params (M) | GMACs @{img_size} (here) "

@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-ORDER = ["retinanet-48s", "retinanet-48", "retinanet-48-head-none", "seg-48", "cls-48", "lite0", "lite1", "lite2", "lite3"]
+ORDER = ["retinanet-48s", "retinanet-48", "retinanet-48-head-none", "retinanet-48-gradckpt", "seg-48", "cls-48", "lite0", "lite1", "lite2", "lite3"]
 
 
 def fmt(v: object, nd: int = 3) -> str:

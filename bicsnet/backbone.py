@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from torchvision.ops import FeaturePyramidNetwork
 
 from .blocks import BlockGroup, block_out_channels
@@ -33,7 +34,8 @@ class BiCSNetConfig:
 
     Scaling (Table I): ``depth_repeat`` d, ``sfm_ratio`` gamma, ``width_mult``
     omega. Ablations (Tables IX, X): ``topology="csnet"``, the three pathway
-    switches, ``spatial_fusion=False`` and ``fpn=True``.
+    switches, ``spatial_fusion=False`` and ``fpn=True``. ``grad_checkpointing``
+    trades compute for training memory (see :meth:`BiCSNet.set_grad_checkpointing`).
     """
 
     topology: str = "bicsnet"
@@ -53,6 +55,7 @@ class BiCSNetConfig:
     min_level: int = 3
     max_level: int = 7
     level_filters: dict[int, int] = field(default_factory=lambda: dict(LEVEL_FILTERS))
+    grad_checkpointing: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form (JSON-safe: level keys become strings)."""
@@ -197,6 +200,28 @@ class BiCSNet(nn.Module):
         self.out_channels = c
         self.strides = {f"p{lvl}": 2**lvl for lvl in self.levels}
         self.size_divisibility = 2**cfg.max_level
+        self.grad_checkpointing = cfg.grad_checkpointing
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute every Spatial Fusion Module in the backward pass (timm's API).
+
+        The fusion branches (squeeze, global context, resampling, projection)
+        hold most of the activations a training step keeps; with this on only
+        their inputs (block outputs, kept anyway) are stored and the branches
+        run again during backward: less memory for about one more forward of
+        the fusions. Only applies in training mode with gradients enabled.
+        BatchNorm layers inside the fusions update their running statistics
+        twice per step from the same batch (an effective momentum of
+        1 - (1 - m)^2); outputs and gradients are unchanged.
+        """
+        self.grad_checkpointing = enable
+        self.config = dataclasses.replace(self.config, grad_checkpointing=enable)
+
+    def _fuse(self, name: str, inputs: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        fusion = self.fusions[name]
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(fusion, inputs, size, use_reentrant=False)
+        return fusion(inputs, size)
 
     def _squeeze_width(self, edge_kind: str, src_level: int, level: int, filters: int) -> int | None:
         """SFM squeeze width for one edge; ``None`` means gamma x source filters.
@@ -237,7 +262,7 @@ class BiCSNet(nn.Module):
                 feats[spec.name] = self.blocks[spec.name](src)
             else:
                 size = _level_size(h, w, spec.level)
-                fused = self.fusions[spec.name]([feats[e.source] for e in spec.inputs], size)
+                fused = self._fuse(spec.name, [feats[e.source] for e in spec.inputs], size)
                 feats[spec.name] = self.blocks[spec.name](fused)
             p = self._endpoint_of.get(spec.name)
             if p is not None:  # endpoints as soon as their block exists

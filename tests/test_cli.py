@@ -74,3 +74,22 @@ def test_user_errors_are_one_line(argv: list[str], needle: str | None, capsys: p
     assert len(err) == 1 and "error:" in err[0] and "Traceback" not in err[0]
     if needle:
         assert needle in err[0]
+
+
+def test_demo_end_to_end_small(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """The README's main job, shrunk: data, training, COCO metrics, loss curve, pictures; refuses to clobber."""
+    from bicsnet.cli import demo_cmd
+
+    small = {**demo_cmd.DEMO_PRESETS["cpu"], "img_size": 128, "epochs": 1, "synth_train": 16, "synth_val": 4}
+    monkeypatch.setitem(demo_cmd.DEMO_PRESETS, "cpu", small)
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--device", "cpu", "--workers", "0"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"AP", "AP50", "AP75", "APs", "APm", "APl"} <= set(metrics["bbox"])
+    assert (out / "loss_curve.png").stat().st_size > 0 and (out / "model.safetensors").exists()
+    pngs = sorted((out / "predictions").glob("*.png"))
+    assert len(pngs) == 4 and all(p.stat().st_size > 0 for p in pngs)
+    assert "BiCSNet demo done" in capsys.readouterr().out
+    # A second run into the same directory needs --overwrite; the first run stays intact.
+    assert main(["demo", "--out", str(out), "--device", "cpu", "--workers", "0"]) == 2
+    assert (out / "model.safetensors").exists()

@@ -76,6 +76,32 @@ def test_backward_reaches_every_parameter(name: str) -> None:
     assert all(torch.isfinite(p.grad).all() for p in m.parameters())
 
 
+def test_grad_checkpointing_same_outputs_and_gradients_less_memory() -> None:
+    torch.manual_seed(0)
+    ref = tiny("bicsnet_48").train()
+    ck = tiny("bicsnet_48", grad_checkpointing=True).train()
+    ck.load_state_dict(ref.state_dict())
+    assert ck.config.grad_checkpointing and BiCSNetConfig.from_dict(ck.config.to_dict()).grad_checkpointing
+    x = torch.rand(2, 3, 64, 96)
+    saved = []
+    for m in (ref, ck):
+        n = [0]
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            n[0] += t.numel()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = m(x)
+        sum(v.square().mean() for v in out.values()).backward()
+        saved.append(n[0])
+    for (k, a), b in zip(ref.named_parameters(), ck.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=k)
+    assert saved[1] < 0.7 * saved[0], saved  # the fusions' activations are not kept
+    ck.set_grad_checkpointing(False)
+    assert not ck.grad_checkpointing and not ck.config.grad_checkpointing
+
+
 @pytest.mark.parametrize("name", ALL)
 def test_eval_is_deterministic(name: str) -> None:
     m = tiny(name).eval()

@@ -3,7 +3,7 @@
 Comparisons are only fair with the same recipe, data pipeline, loss and head,
 so the detection baseline is torchvision's ResNet-50-FPN backbone (P3-P7, as
 ``retinanet_resnet50_fpn`` builds it) inside the same RetinaNet wrapper as
-BiCSNet: same anchors per stride, focal loss, GN head, transform. The
+BiCSNet: same anchors per stride, focal loss, BN head, transform. The
 segmentation and classification baselines are torchvision's
 ``deeplabv3_resnet50`` and ``resnet34``/``resnet50``, taking images in [0, 1]
 like our models. No pretrained weights anywhere (the paper trains from

@@ -35,6 +35,8 @@ from torchvision.ops import MultiScaleRoIAlign, box_iou, sigmoid_focal_loss
 from torchvision.ops import boxes as box_ops
 
 from ..backbone import BiCSNet
+from ..errors import ConfigError
+from ..layers import make_norm
 from .heads import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
@@ -88,9 +90,21 @@ def _group_norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(groups, channels)
 
 
+def _batch_norm(channels: int) -> nn.Module:
+    return make_norm("bn", channels)
+
+
 def head_norm_layer(kind: str) -> Callable[[int], nn.Module] | None:
-    """Norm for the detection heads: ``gn`` (default: batch-size independent), ``bn`` or ``none``."""
-    return {"gn": _group_norm, "bn": nn.BatchNorm2d, "none": None}[kind]
+    """Norm for the detection heads.
+
+    ``bn`` (default): the paper's "batch normalization after every convolution"
+    (Section V-A1), with the backbone's momentum / eps, one layer shared by all
+    levels as torchvision's heads share their convs; ``gn``: batch-size
+    independent (torchvision's RetinaNet v2); ``none``: torchvision's v1 head.
+    """
+    if kind not in ("gn", "bn", "none"):
+        raise ConfigError(f"head_norm {kind!r} is not one of bn, gn, none")
+    return {"gn": _group_norm, "bn": _batch_norm, "none": None}[kind]
 
 
 class FocalLossClassificationHead(RetinaNetClassificationHead):
@@ -134,7 +148,7 @@ class BiCSNetRetinaNet(RetinaNet):
         anchor_scale: float = 3.0,
         focal_alpha: float = 0.25,
         focal_gamma: float = 1.5,
-        head_norm: str = "gn",
+        head_norm: str = "bn",
         score_thresh: float = 0.05,
         nms_thresh: float = 0.5,
         detections_per_img: int = 100,
