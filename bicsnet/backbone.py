@@ -203,25 +203,29 @@ class BiCSNet(nn.Module):
         self.grad_checkpointing = cfg.grad_checkpointing
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute every Spatial Fusion Module in the backward pass (timm's API).
+        """Recompute each basic block in the backward pass (timm's API).
 
-        The fusion branches (squeeze, global context, resampling, projection)
-        hold most of the activations a training step keeps; with this on only
-        their inputs (block outputs, kept anyway) are stored and the branches
-        run again during backward: less memory for about one more forward of
-        the fusions. Only applies in training mode with gradients enabled.
-        BatchNorm layers inside the fusions update their running statistics
-        twice per step from the same batch (an effective momentum of
-        1 - (1 - m)^2); outputs and gradients are unchanged.
+        With this on, a training step keeps only the block outputs (which
+        later fusions and the endpoints read anyway); every block's Spatial
+        Fusion Module (squeeze, global context, resampling, projection) and its
+        residual / bottleneck layers run again during backward: less memory
+        for about one more forward of the backbone. Only applies in training
+        mode with gradients enabled; outputs and gradients are unchanged (the
+        RNG state is replayed, so stochastic depth draws the same masks).
+        BatchNorm running statistics are updated twice per step from the same
+        batch (an effective momentum of 1 - (1 - m)^2).
         """
         self.grad_checkpointing = enable
         self.config = dataclasses.replace(self.config, grad_checkpointing=enable)
 
-    def _fuse(self, name: str, inputs: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
-        fusion = self.fusions[name]
-        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(fusion, inputs, size, use_reentrant=False)
-        return fusion(inputs, size)
+    def _block(self, spec: BlockSpec, inputs: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        """One basic block T: its fusion of ``inputs`` (or the stem's single input), then its layers."""
+        if spec.part == "stem":
+            (x,) = inputs
+            if spec.inputs[0].source == STEM_SOURCE:
+                x = self.stem_pool(x)
+            return self.blocks[spec.name](x)
+        return self.blocks[spec.name](self.fusions[spec.name](inputs, size))
 
     def _squeeze_width(self, edge_kind: str, src_level: int, level: int, filters: int) -> int | None:
         """SFM squeeze width for one edge; ``None`` means gamma x source filters.
@@ -254,16 +258,14 @@ class BiCSNet(nn.Module):
         h, w = x.shape[-2:]
         feats: dict[str, torch.Tensor] = {STEM_SOURCE: self.stem(x)}
         outs: dict[str, torch.Tensor] = {}
+        recompute = self.grad_checkpointing and self.training and torch.is_grad_enabled()
         for i, spec in enumerate(self.specs):
-            if spec.part == "stem":
-                src = feats[spec.inputs[0].source]
-                if spec.inputs[0].source == STEM_SOURCE:
-                    src = self.stem_pool(src)
-                feats[spec.name] = self.blocks[spec.name](src)
+            inputs = [feats[e.source] for e in spec.inputs]
+            size = _level_size(h, w, spec.level)
+            if recompute:
+                feats[spec.name] = checkpoint(self._block, spec, inputs, size, use_reentrant=False)
             else:
-                size = _level_size(h, w, spec.level)
-                fused = self._fuse(spec.name, [feats[e.source] for e in spec.inputs], size)
-                feats[spec.name] = self.blocks[spec.name](fused)
+                feats[spec.name] = self._block(spec, inputs, size)
             p = self._endpoint_of.get(spec.name)
             if p is not None:  # endpoints as soon as their block exists
                 outs[p] = self.endpoints[p](feats[spec.name])

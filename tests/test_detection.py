@@ -121,7 +121,7 @@ def test_tiny_detector_learns_and_eval_matches_pycocotools(synth: Path, tmp_path
     run = tmp_path / "run"
     args = [
         "train", "--task", "detection", "--model", "bicsnet_48_tiny", "--img-size", "128", "--epochs", "24",
-        "--batch-size", "8", "--lr", "0.04", "--warmup-epochs", "1", "--synth-dir", str(synth),
+        "--batch-size", "8", "--lr", "0.01", "--bn-momentum", "0.1", "--warmup-epochs", "1", "--synth-dir", str(synth),
         "--synth-train", "48", "--synth-val", "16", "--synth-size", "128", "--workers", "0", "--device", "cpu",
         "--out", str(run), "--log-every", "6", "--ckpt-every", "1000",
     ]  # fmt: skip
@@ -131,8 +131,10 @@ def test_tiny_detector_learns_and_eval_matches_pycocotools(synth: Path, tmp_path
     losses = [float(r.split(",")[header.index("loss")]) for r in rows]
     assert losses[-1] < 0.8 * max(losses[:3]), losses
     metrics = json.loads((run / "metrics.json").read_text())
-    # An untrained detector scores ~0.001 here; 24 short epochs reach ~0.04.
-    assert metrics["bbox"]["AP50"] > 0.02, metrics
+    print("tiny detector:", losses[0], "->", losses[-1], metrics["bbox"])  # shown with pytest -s
+    # An untrained detector scores ~0.001 here; 24 short epochs (144 steps) reach 0.13
+    # with seeds 0 and 1 (BN momentum 0.1: the paper's 0.01 barely moves in 144 steps).
+    assert metrics["bbox"]["AP50"] > 0.05, metrics
 
     ev = tmp_path / "eval"
     assert main(["eval", "--checkpoint", str(run / "model.safetensors"), "--synth-dir", str(synth), "--synth-train", "48",
