@@ -200,7 +200,11 @@ class BiCSNet(nn.Module):
         self.out_channels = c
         self.strides = {f"p{lvl}": 2**lvl for lvl in self.levels}
         self.size_divisibility = 2**cfg.max_level
-        self.grad_checkpointing = cfg.grad_checkpointing
+
+    @property
+    def grad_checkpointing(self) -> bool:
+        """Whether training recomputes blocks in backward (the config's flag)."""
+        return self.config.grad_checkpointing
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each basic block in the backward pass (timm's API).
@@ -215,7 +219,6 @@ class BiCSNet(nn.Module):
         BatchNorm running statistics are updated twice per step from the same
         batch (an effective momentum of 1 - (1 - m)^2).
         """
-        self.grad_checkpointing = enable
         self.config = dataclasses.replace(self.config, grad_checkpointing=enable)
 
     def _block(self, spec: BlockSpec, inputs: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
