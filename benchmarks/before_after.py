@@ -25,10 +25,10 @@ from collections import OrderedDict
 import torch
 
 import bicsnet
-from bicsnet.backbone import _level_size
-from bicsnet.bench import peak_memory_mb  # pins malloc thresholds: RSS tracks live tensors
-from bicsnet.fusion import GlobalContext, SpatialFusionModule
-from bicsnet.specs import STEM_SOURCE
+from bicsnet.arch.backbone import _level_size
+from bicsnet.tools.bench import peak_memory_mb  # pins malloc thresholds: RSS tracks live tensors
+from bicsnet.arch.fusion import GlobalContext, SpatialFusionModule
+from bicsnet.arch.specs import STEM_SOURCE
 
 
 def old_global_context_forward(self, x):

@@ -36,7 +36,7 @@ from torch import nn
 from torchvision.models.detection import ssdlite320_mobilenet_v3_large
 
 import bicsnet
-from bicsnet.flops import count_macs, count_params
+from bicsnet.tools.flops import count_macs, count_params
 
 LITE = [f"bicsnet_lite{i}" for i in range(4)]
 

@@ -15,7 +15,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 import bicsnet
-from bicsnet.fusion import GlobalContext, ResampleBranch, SpatialFusionModule
+from bicsnet.arch.fusion import GlobalContext, ResampleBranch, SpatialFusionModule
 
 
 def main() -> None:

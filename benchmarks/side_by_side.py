@@ -10,7 +10,7 @@ then reports
 
 * the metric of ``bicsnet eval`` (detection: box AP, AP50, AP75; segmentation:
   mIoU, pixel accuracy; classification: top-1, top-5);
-* FLOPs (multiply-adds, ``bicsnet.flops.model_macs``) and parameters at the
+* FLOPs (multiply-adds, ``bicsnet.tools.flops.model_macs``) and parameters at the
   paper's input size (``--flops-size``: 640 detection, 512 segmentation, 224
   classification) for the paper's class count (80 COCO / 21 VOC / 1000
   ImageNet) and for this data's;
@@ -122,7 +122,7 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
-    from bicsnet.flops import count_params, model_macs
+    from bicsnet.tools.flops import count_params, model_macs
     from bicsnet.models import create_model, create_model_from_config
     from bicsnet.recipes import load_checkpoint_model
 

@@ -7,7 +7,7 @@ Public entry points::
     model = bicsnet.create_model("bicsnet_48", task="detection", num_classes=80)
     bicsnet.default_input_size("bicsnet_48")  # 640, Table I
 """
-from .backbone import BiCSNet, BiCSNetConfig
+from .arch.backbone import BiCSNet, BiCSNetConfig
 from .errors import BicsnetError, CheckpointError, ConfigError, DataError
 from .models import TASKS, create_model, create_model_from_config, default_input_size, get_entry, list_models
 

@@ -10,7 +10,7 @@ from torch import nn
 
 import bicsnet
 from bicsnet.cli.main import main
-from bicsnet.fastpath import apply_fast_path, count_batchnorms, fold_batchnorm
+from bicsnet.tools.fastpath import apply_fast_path, count_batchnorms, fold_batchnorm
 
 from .conftest import TINY
 
@@ -68,7 +68,7 @@ def test_bench_tiny_json(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
 
 
 def test_bench_detector_and_fast_path() -> None:
-    from bicsnet.bench import ModelSpec, format_table, run_bench
+    from bicsnet.tools.bench import ModelSpec, format_table, run_bench
 
     spec = ModelSpec("bicsnet_48", "detection", 256, 3, dict(TINY))
     res = run_bench(spec, None, warmup=0, iters=1, batch=1, train_batch=1, train_iters=1, fast="fold,channels_last", memory=False)
@@ -106,7 +106,7 @@ def test_fold_batchnorm_matches_eager() -> None:
 
 
 def test_onnx_backbone_dynamic_and_classifier(tmp_path) -> None:
-    from bicsnet.export import OnnxModel, export_onnx
+    from bicsnet.tools.export import OnnxModel, export_onnx
 
     bb = _randomize_bn(bicsnet.create_model("bicsnet_48", "backbone", **TINY))
     path = export_onnx(bb, "backbone", tmp_path / "bb.onnx", 128, dynamic=True)
@@ -160,7 +160,7 @@ def _assert_same_detections(ref: list[dict], got: list[dict], tol: float = 1e-4)
 
 
 def test_export_cli_detector_batch2_and_zero_detections(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
-    from bicsnet.export import OnnxDetector
+    from bicsnet.tools.export import OnnxDetector
 
     model, ckpt = _detector_checkpoint(tmp_path)
     out = tmp_path / "det.onnx"
@@ -195,7 +195,7 @@ def test_export_cli_user_errors(tmp_path) -> None:
 
 @pytest.mark.skipif(not os.environ.get("BICSNET_SLOW_TESTS"), reason="dynamic detector export takes ~30 s; BICSNET_SLOW_TESTS=1")
 def test_export_detector_dynamic(tmp_path) -> None:
-    from bicsnet.export import OnnxDetector, detection_metadata, export_onnx
+    from bicsnet.tools.export import OnnxDetector, detection_metadata, export_onnx
 
     model = _randomize_bn(bicsnet.create_model("bicsnet_48", "detection", 3, img_size=256, score_thresh=0.0, **TINY))
     path = export_onnx(model, "detection", tmp_path / "det.onnx", 256, dynamic=True, metadata=detection_metadata(model))

@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 import bicsnet
-from bicsnet.flops import PAPER_ROWS, paper_comparison
-from bicsnet.fusion import GlobalContext, ResampleBranch
-from bicsnet.lite import (
+from bicsnet.tools.flops import PAPER_ROWS, paper_comparison
+from bicsnet.arch.fusion import GlobalContext, ResampleBranch
+from bicsnet.models.lite import (
     LITE_LEVEL_FILTERS,
     BiCSNetLite,
     BiCSNetLiteConfig,
@@ -22,7 +22,7 @@ from bicsnet.lite import (
     make_divisible,
 )
 from bicsnet.models.detection import BiCSNetRetinaNet, FocalLossClassificationHead
-from bicsnet.specs import BICSNET_SPECS
+from bicsnet.arch.specs import BICSNET_SPECS
 
 LITE = [f"bicsnet_lite{i}" for i in range(4)]
 

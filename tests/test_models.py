@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import bicsnet
-from bicsnet.backbone import BiCSNetConfig
-from bicsnet.fusion import GlobalContext, ResampleBranch
-from bicsnet.specs import PATHWAYS, TOPOLOGIES
+from bicsnet.arch.backbone import BiCSNetConfig
+from bicsnet.arch.fusion import GlobalContext, ResampleBranch
+from bicsnet.arch.specs import PATHWAYS, TOPOLOGIES
 
 from .conftest import TINY
 
@@ -201,7 +201,7 @@ def test_task_heads(task: str, nc: int) -> None:
 
 def test_flops_match_paper_tables() -> None:
     """Table II within 5% of FLOPs; Table VI within 10% of FLOPs and params."""
-    from bicsnet.flops import paper_comparison
+    from bicsnet.tools.flops import paper_comparison
 
     rows = paper_comparison()
     checked = 0

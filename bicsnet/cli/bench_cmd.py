@@ -52,7 +52,7 @@ def _overrides(items: list[str]) -> dict[str, object]:
 
 
 def _specs(args: argparse.Namespace):
-    from ..bench import ModelSpec, pair_specs
+    from ..tools.bench import ModelSpec, pair_specs
 
     if args.pair and args.model:
         raise ConfigError("give --pair or --model, not both")
@@ -88,7 +88,7 @@ def _specs(args: argparse.Namespace):
 def run_bench_cmd(args: argparse.Namespace) -> int:
     import torch
 
-    from ..bench import format_table, pair_names, pair_specs, run_bench, write_json
+    from ..tools.bench import format_table, pair_names, pair_specs, run_bench, write_json
 
     if args.list_pairs:
         for name in pair_names():

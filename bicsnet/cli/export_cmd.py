@@ -12,9 +12,9 @@ __all__ = ["register"]
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export",
-        help="export a checkpoint to ONNX (detectors: network + box decoding; NMS outside, see bicsnet.export)",
+        help="export a checkpoint to ONNX (detectors: network + box decoding; NMS outside, see bicsnet.tools.export)",
         description="Exports backbone + head (detectors: decoded boxes and sigmoid scores for every anchor, "
-        "before NMS; run bicsnet.export.OnnxDetector or your runtime's NMS on them). Checks the graph in "
+        "before NMS; run bicsnet.tools.export.OnnxDetector or your runtime's NMS on them). Checks the graph in "
         "onnxruntime against eager PyTorch unless --no-check.",
     )
     p.add_argument("--checkpoint", required=True, help="model.safetensors written by 'bicsnet train' (or its run directory)")
@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from ..export import export_checkpoint
+    from ..tools.export import export_checkpoint
 
     ckpt = Path(args.checkpoint)
     if not ckpt.exists():
@@ -49,7 +49,7 @@ def check_export(checkpoint: Path, onnx_path: Path, tolerance: float) -> float:
     """Run both on one random input of the exported shape; raise if they differ beyond ``tolerance``."""
     import torch
 
-    from ..export import OnnxModel, export_module
+    from ..tools.export import OnnxModel, export_module
     from ..recipes import load_checkpoint_model
 
     model, meta = load_checkpoint_model(checkpoint, "cpu")

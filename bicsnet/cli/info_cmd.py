@@ -46,7 +46,7 @@ def _fmt(v: object, nd: int = 1) -> str:
 
 def run_info(args: argparse.Namespace) -> int:
     if args.paper:
-        from ..flops import paper_comparison
+        from ..tools.flops import paper_comparison
 
         rows = paper_comparison()
         if args.json:
@@ -64,7 +64,7 @@ def run_info(args: argparse.Namespace) -> int:
             )
         return 0
     if args.model:
-        from ..flops import build_meta, count_params, model_macs
+        from ..tools.flops import build_meta, count_params, model_macs
 
         e = get_entry(args.model)
         size = e.input_size
@@ -99,7 +99,7 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def run_flops(args: argparse.Namespace) -> int:
-    from ..flops import count_params, model_macs
+    from ..tools.flops import count_params, model_macs
     import torch
 
     overrides = dict(parse_override(s) for s in args.set)
@@ -122,7 +122,7 @@ def run_flops(args: argparse.Namespace) -> int:
 
 
 def run_draw(args: argparse.Namespace) -> int:
-    from ..draw import draw_topology
+    from ..tools.draw import draw_topology
 
     e = get_entry(args.model)
     if e.builder is not None and "topology_config" not in e.extra:

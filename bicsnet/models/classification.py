@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..backbone import BiCSNet
+from ..arch.backbone import BiCSNet
 from .heads import ClassificationHead, Normalize
 
 __all__ = ["BiCSNetClassifier"]

@@ -34,9 +34,9 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign, box_iou, sigmoid_focal_loss
 from torchvision.ops import boxes as box_ops
 
-from ..backbone import BiCSNet
+from ..arch.backbone import BiCSNet
 from ..errors import ConfigError
-from ..layers import make_norm
+from ..arch.layers import make_norm
 from .heads import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [

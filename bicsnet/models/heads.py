@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import ConvNormAct
+from ..arch.layers import ConvNormAct
 
 __all__ = ["merge_to_finest", "ClassificationHead", "SegmentationHead", "Normalize"]
 

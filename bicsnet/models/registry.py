@@ -15,9 +15,9 @@ from typing import Any, Callable
 
 from torch import nn
 
-from ..backbone import BiCSNet, BiCSNetConfig
+from ..arch.backbone import BiCSNet, BiCSNetConfig
 from ..errors import ConfigError
-from ..specs import SCALING
+from ..arch.specs import SCALING
 
 __all__ = ["ModelEntry", "register_model", "list_models", "get_entry", "create_model", "create_model_from_config", "default_input_size", "TASKS", "is_baseline"]
 
@@ -94,7 +94,7 @@ def create_model(name: str, task: str = "backbone", num_classes: int | None = No
 
     ``task``: ``backbone`` (P3..P7 dict), ``classification``, ``segmentation``,
     ``detection`` (RetinaNet) or ``instance`` (Mask R-CNN). ``overrides`` are
-    backbone options (any :class:`~bicsnet.backbone.BiCSNetConfig` field, e.g.
+    backbone options (any :class:`~bicsnet.arch.backbone.BiCSNetConfig` field, e.g.
     ``width_mult``, ``norm``, ``activation``, ``drop_path_rate``) or options of
     the task's head (e.g. ``focal_gamma``, ``img_size``).
     """
@@ -231,7 +231,7 @@ def is_baseline(name: str) -> bool:
 
 def _register_lite() -> None:
     # Table VII: BiCSNet-lite0..3 (Section V-E), built by bicsnet/lite.py.
-    from ..lite import lite_model_entries
+    from .lite import lite_model_entries
 
     for entry in lite_model_entries():
         register_model(entry)

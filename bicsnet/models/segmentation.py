@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbone import BiCSNet
+from ..arch.backbone import BiCSNet
 from .heads import Normalize, SegmentationHead
 
 __all__ = ["BiCSNetSegmenter"]

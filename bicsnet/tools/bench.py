@@ -20,11 +20,11 @@ warm-up and taking medians:
   ``/proc/self/status``, reset through ``/proc/self/clear_refs`` after
   returning freed heap memory with ``malloc_trim``); on CUDA
   ``torch.cuda.max_memory_allocated``.
-* ``gmacs`` / ``params_m``: multiply-adds and parameters (:mod:`bicsnet.flops`
+* ``gmacs`` / ``params_m``: multiply-adds and parameters (:mod:`bicsnet.tools.flops`
   convention: backbone + head for detectors, the whole network otherwise).
 
 ``--fast fold,channels_last,compile,bf16`` adds the network latency of each
-:mod:`bicsnet.fastpath` option alone and of all of them together; ``--onnx``
+:mod:`bicsnet.tools.fastpath` option alone and of all of them together; ``--onnx``
 adds onnxruntime's network latency. Ratios are model / baseline.
 
 Detectors run with ``score_thresh`` 0 by default: randomly initialised
@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import ConfigError
+from ..errors import ConfigError
 from .fastpath import apply_fast_path, autocast_context, parse_fast, prepare_input
 
 __all__ = [
@@ -92,7 +92,7 @@ class ModelSpec:
 
 
 def _lite_names() -> list[str]:
-    from .models import list_models
+    from ..models import list_models
 
     return [n for n in list_models("bicsnet_lite")]
 
@@ -130,7 +130,7 @@ def pair_specs(name: str) -> tuple[ModelSpec, ModelSpec]:
         return ModelSpec(**asdict(a)), ModelSpec(**asdict(b))
     lite = f"bicsnet_{name}"
     if name.startswith("lite") and lite in _lite_names():
-        from .models import default_input_size
+        from ..models import default_input_size
 
         return (
             ModelSpec(lite, "detection", default_input_size(lite), 80),
@@ -172,7 +172,7 @@ def build_model(spec: ModelSpec, score_thresh: float | None = None) -> nn.Module
         raise ConfigError(f"bench supports tasks {', '.join(BENCH_TASKS)}, not {spec.task!r}")
     if spec.torchvision:
         return _build_torchvision(spec, score_thresh).eval()
-    from .models import create_model
+    from ..models import create_model
 
     kw = dict(spec.overrides)
     if spec.task == "detection":

@@ -1,6 +1,6 @@
 """The BiCSNet backbone: stem, block graph from a topology table, endpoints.
 
-Built from :mod:`bicsnet.specs` (what connects to what) and a
+Built from :mod:`bicsnet.arch.specs` (what connects to what) and a
 :class:`BiCSNetConfig` (how wide, how deep, which switches). The forward pass
 returns an ordered dict ``p3..p7`` (strides 8..128), finest first, like
 torchvision's detection backbones; ``out_channels`` and ``output_shape()``
@@ -20,7 +20,7 @@ from torch.utils.checkpoint import checkpoint
 from torchvision.ops import FeaturePyramidNetwork
 
 from .blocks import BlockGroup, block_out_channels
-from .errors import ConfigError
+from ..errors import ConfigError
 from .fusion import ResampleBranch, SpatialFusionModule
 from .layers import ACTIVATIONS, NORM_LAYERS, ConvNormAct
 from .specs import LEVEL_FILTERS, PATHWAYS, STEM_SOURCE, TOPOLOGIES, BlockSpec

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["NORM_LAYERS", "ACTIVATIONS", "make_norm", "make_act", "ConvNormAct", "DropPath"]
 

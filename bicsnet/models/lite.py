@@ -1,6 +1,6 @@
 """BiCSNet-lite0..3: the on-device detectors of Section V-E (Table VII).
 
-Same block graph as BiCSNet (the topology tables of :mod:`bicsnet.specs`,
+Same block graph as BiCSNet (the topology tables of :mod:`bicsnet.arch.specs`,
 read, not copied); what changes is what sits on the graph:
 
 * every basic block T is an MBConv block (inverted bottleneck: 1x1 expand x6,
@@ -17,7 +17,7 @@ read, not copied); what changes is what sits on the graph:
 * the box and class subnets use depthwise-separable convolutions with a norm
   per pyramid level, EfficientDet-style (:class:`SeparableRetinaNetHead`).
 
-:class:`BiCSNetLite` keeps :class:`bicsnet.backbone.BiCSNet`'s contract: it
+:class:`BiCSNetLite` keeps :class:`bicsnet.arch.backbone.BiCSNet`'s contract: it
 returns an ordered dict ``p3..p7`` and has ``out_channels``, ``out_features``,
 ``strides``, ``size_divisibility`` (128), ``output_shape()`` and a ``config``
 with ``to_dict()``. ``docs/architecture.md`` ("BiCSNet-lite") records the
@@ -37,12 +37,12 @@ from torch import Tensor, nn
 from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.retinanet import RetinaNetHead, RetinaNetRegressionHead
 
-from .backbone import ShapeSpec, _level_size
-from .errors import ConfigError
-from .fusion import ResampleBranch, SpatialFusionModule
-from .layers import ACTIVATIONS, NORM_LAYERS, ConvNormAct, DropPath, make_act, make_norm
-from .models.detection import FocalLossClassificationHead, retinanet_anchor_generator
-from .specs import PATHWAYS, STEM_SOURCE, TOPOLOGIES, BlockSpec
+from ..arch.backbone import ShapeSpec, _level_size
+from ..errors import ConfigError
+from ..arch.fusion import ResampleBranch, SpatialFusionModule
+from ..arch.layers import ACTIVATIONS, NORM_LAYERS, ConvNormAct, DropPath, make_act, make_norm
+from .detection import FocalLossClassificationHead, retinanet_anchor_generator
+from ..arch.specs import PATHWAYS, STEM_SOURCE, TOPOLOGIES, BlockSpec
 
 __all__ = [
     "LITE_LEVEL_FILTERS",
@@ -153,7 +153,7 @@ class BiCSNetLiteConfig:
     ``width_mult`` scales :data:`LITE_LEVEL_FILTERS` (rounded to multiples of
     ``channel_divisor``); ``endpoint_channels`` is the P3-P7 width the subnets
     read. The pathway switches and ``topology`` work as in
-    :class:`bicsnet.backbone.BiCSNetConfig`.
+    :class:`bicsnet.arch.backbone.BiCSNetConfig`.
     """
 
     topology: str = "bicsnet"
@@ -543,7 +543,7 @@ def lite_config(key: str) -> BiCSNetLiteConfig:
 
 def lite_model_entries() -> list[Any]:
     """Registry entries ``bicsnet_lite0`` .. ``bicsnet_lite3``."""
-    from .models.registry import ModelEntry
+    from .registry import ModelEntry
 
     fields = tuple(f.name for f in dataclasses.fields(BiCSNetLiteConfig))
     entries = []

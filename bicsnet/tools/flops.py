@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .models import create_model, list_models
+from ..models import create_model, list_models
 
 __all__ = ["PaperRow", "PAPER_ROWS", "count_macs", "count_params", "model_macs", "paper_comparison"]
 
@@ -116,7 +116,7 @@ def build_meta(name: str, task: str, num_classes: int | None = None, **overrides
 
 def paper_comparison(rows: tuple[PaperRow, ...] = PAPER_ROWS) -> list[dict[str, object]]:
     """For every paper row whose model is registered: paper vs ours, in B and M, and % difference."""
-    from .models import default_input_size
+    from ..models import default_input_size
 
     known = set(list_models())
     out: list[dict[str, object]] = []

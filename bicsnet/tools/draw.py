@@ -18,10 +18,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import FancyArrowPatch  # noqa: E402
 
-from .backbone import BiCSNetConfig  # noqa: E402
-from .errors import ConfigError  # noqa: E402
-from .io import atomic_save  # noqa: E402
-from .specs import STEM_SOURCE  # noqa: E402
+from ..arch.backbone import BiCSNetConfig  # noqa: E402
+from ..errors import ConfigError  # noqa: E402
+from ..io import atomic_save  # noqa: E402
+from ..arch.specs import STEM_SOURCE  # noqa: E402
 
 __all__ = ["EDGE_COLOURS", "draw_topology"]
 

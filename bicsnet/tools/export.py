@@ -44,7 +44,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import boxes as box_ops
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = [
     "EXPORT_TASKS",
@@ -255,7 +255,7 @@ def detection_metadata(model: nn.Module, meta: dict[str, Any] | None = None) -> 
         "num_classes": int(model.num_classes),
         "label_offset": 1,  # labels are 1..K, 0 = background
         "class_names": list(meta.get("class_names", [])),
-        "nms": "outside the graph: bicsnet.export.postprocess_detections (torchvision RetinaNet semantics)",
+        "nms": "outside the graph: bicsnet.tools.export.postprocess_detections (torchvision RetinaNet semantics)",
     }
 
 
@@ -269,7 +269,7 @@ def export_checkpoint(
     opset: int | None = None,
 ) -> Path:
     """Rebuild a trained model from its ``model.safetensors`` and export it to ONNX."""
-    from .recipes import load_checkpoint_model
+    from ..recipes import load_checkpoint_model
 
     model, meta = load_checkpoint_model(checkpoint, "cpu")
     task = meta["task"]
@@ -365,7 +365,7 @@ class OnnxDetector:
     def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
         from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
-        from .models.detection import DetectionTransform
+        from ..models.detection import DetectionTransform
 
         self.net = OnnxModel(path, threads)
         m = self.net.meta

@@ -6,7 +6,7 @@ applies to inference (eval mode):
 * :func:`fold_batchnorm` folds every eval-mode BatchNorm that directly follows
   a convolution into the convolution's weight and bias, by building a folded
   copy and replacing modules (``torch.nn.utils.fusion.fuse_conv_bn_eval``):
-  in our :class:`~bicsnet.layers.ConvNormAct` (``conv, norm[, act]``) and in
+  in our :class:`~bicsnet.arch.layers.ConvNormAct` (``conv, norm[, act]``) and in
   any ``nn.Sequential`` where a ``Conv2d`` is immediately followed by a
   BatchNorm (torchvision's ``Conv2dNormActivation``, DeepLab's ASPP and head,
   ResNet's down-sampling shortcut) the conv is replaced by the folded conv
@@ -37,7 +37,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_conv_bn_weights
 from torchvision.ops import FrozenBatchNorm2d
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = [
     "FAST_OPTIONS",

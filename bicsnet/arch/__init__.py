@@ -1,0 +1,1 @@
+"""The network of the paper: topology tables, layers, blocks, the Spatial Fusion Module, the backbone builder."""

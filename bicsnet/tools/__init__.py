@@ -1,0 +1,1 @@
+"""Tools around the models: FLOPs, benchmarks, the inference fast path, ONNX export, block-graph drawings."""
