@@ -8,12 +8,13 @@ For each model this runs ``bicsnet train`` (same flags, same data, same recipe,
 same seed) and ``bicsnet eval`` through the CLI as subprocesses and times them,
 then reports
 
-* the metric of ``bicsnet eval`` (detection: box AP, AP50, AP75; segmentation:
-  mIoU, pixel accuracy; classification: top-1, top-5);
+* the metric of ``bicsnet eval`` (the task's headline metric with its
+  neighbours, :data:`METRIC_COLUMNS`: detection box AP, AP50, AP75;
+  segmentation mIoU, pixel accuracy; classification top-1, top-5);
 * FLOPs (multiply-adds, ``bicsnet.tools.flops.model_macs``) and parameters at the
-  paper's input size (``--flops-size``: 640 detection, 512 segmentation, 224
-  classification) for the paper's class count (80 COCO / 21 VOC / 1000
-  ImageNet) and for this data's;
+  paper's input size (``--flops-size``: the task table's, 512 segmentation, 224
+  classification; for detection the first model's Table I size, 640 for BiCSNet-48)
+  for the paper's class count (80 COCO / 21 VOC / 1000 ImageNet) and for this data's;
 * batch-1 inference latency at ``--latency-size`` (default: the FLOPs size) on
   the device: median of ``--latency-runs`` forward passes after warm-up.
 
@@ -41,10 +42,21 @@ from pathlib import Path
 
 import torch
 
-PAPER_SIZE = {"detection": 640, "segmentation": 512, "classification": 224}
-PAPER_CLASSES = {"detection": 80, "segmentation": 21, "classification": 1000}
-#: Metrics in the table; detection reads them from metrics.json's "bbox".
-METRIC_KEYS = {"detection": ["AP", "AP50", "AP75"], "segmentation": ["mIoU", "pixel_acc"], "classification": ["top1", "top5"]}
+from bicsnet.tasks import TaskSpec, get_task, task_names
+
+#: Table columns by the task's headline metric (``TaskSpec.metric``, a path in
+#: metrics.json: ``bbox.AP`` reads ``AP``, ``AP50``, ``AP75`` of its ``bbox`` section).
+METRIC_COLUMNS = {
+    "bbox.AP": ["AP", "AP50", "AP75"], "segm.AP": ["AP", "AP50", "AP75"], "mIoU": ["mIoU", "pixel_acc"],
+    "top1": ["top1", "top5"],
+}  # fmt: skip
+
+
+def metric_section(spec: TaskSpec, metrics: dict) -> dict:
+    """The part of ``metrics.json`` that holds the task's headline metric (``bbox`` for ``bbox.AP``)."""
+    for key in str(spec.metric).split(".")[:-1]:
+        metrics = metrics[key]
+    return metrics
 
 
 def run(cmd: list[str], log: Path, budget: float | None = None) -> float:
@@ -71,22 +83,22 @@ def train_seconds(run_dir: Path) -> tuple[float, int]:
     return float(last["time"]), int(last["step"])
 
 
-def latency_ms(model: torch.nn.Module, size: int, runs: int, device: torch.device) -> float:
+def latency_ms(model: torch.nn.Module, spec: TaskSpec, size: int, runs: int, device: torch.device) -> float:
     """Median batch-1 network time in ms (inference mode) on a 1 x 3 x size x size input.
 
-    Detectors time backbone + box/class subnets only: their ``forward`` would
-    resize the input to the training ``--img-size`` and run NMS.
+    What is timed is the task's network-only call (``TaskSpec.network``, what
+    the FLOPs count): detectors time backbone + box/class subnets only, as their
+    ``forward`` would resize the input to the training ``--img-size`` and run NMS.
     """
     model = model.to(device).eval()
     x = torch.rand(1, 3, size, size, device=device)
-    net = (lambda t: model.head(list(model.backbone(t).values()))) if hasattr(model, "head") and hasattr(model, "anchor_generator") else model
     times = []
     with torch.inference_mode():
         for i in range(runs + 2):
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t = time.perf_counter()
-            net(x)
+            spec.network(model, x)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             if i >= 2:  # two warm-up passes
@@ -96,7 +108,7 @@ def latency_ms(model: torch.nn.Module, size: int, runs: int, device: torch.devic
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--task", required=True, choices=["detection", "segmentation", "classification"])
+    ap.add_argument("--task", required=True, choices=[n for n in task_names(trainable=True) if get_task(n).metric in METRIC_COLUMNS])
     ap.add_argument("--models", nargs=2, required=True, metavar=("A", "B"))
     ap.add_argument("--img-size", type=int, required=True, help="training crop size")
     ap.add_argument("--epochs", type=int, required=True)
@@ -112,7 +124,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--extra", default="", help="more train flags for both models, e.g. '--label-smoothing 0.1'")
-    ap.add_argument("--flops-size", type=int, help="default: 640 detection, 512 segmentation, 224 classification")
+    ap.add_argument("--flops-size", type=int, help="default: the task's paper size (detection: model A's Table I size)")
     ap.add_argument("--latency-size", type=int, help="default: --flops-size")
     ap.add_argument("--latency-runs", type=int, default=5)
     ap.add_argument("--threads", type=int, help="torch threads for the latency measurement")
@@ -122,9 +134,8 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
+    from bicsnet.models import create_model, create_model_from_config, default_input_size, load_checkpoint_model
     from bicsnet.tools.flops import count_params, model_macs
-    from bicsnet.models import create_model, create_model_from_config
-    from bicsnet.recipes import load_checkpoint_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -135,7 +146,8 @@ def main() -> None:
         "--synth-dir", args.synth_dir, "--synth-train", str(args.synth_train), "--synth-val", str(args.synth_val),
         "--synth-size", str(args.synth_size),
     ]  # fmt: skip
-    flops_size = args.flops_size or PAPER_SIZE[args.task]
+    spec = get_task(args.task)
+    flops_size = args.flops_size or spec.default_size(default_input_size(args.models[0]))
     lat_size = args.latency_size or flops_size
     device = torch.device(args.device)
     rows = []
@@ -159,12 +171,10 @@ def main() -> None:
                     "--device", args.device, "--workers", str(args.workers), "--out", str(out / f"{name}.eval"),
                     "--overwrite"]  # fmt: skip
         eval_s = run(eval_cmd, out / f"{name}.eval.log")
-        metrics = json.loads((out / f"{name}.eval" / "metrics.json").read_text())
-        if args.task == "detection":
-            metrics = metrics["bbox"]
+        metrics = metric_section(spec, json.loads((out / f"{name}.eval" / "metrics.json").read_text()))
         model, meta = load_checkpoint_model(run_dir, "cpu")
         with torch.device("meta"):  # counting runs on shapes only
-            paper_model = create_model(name, args.task, PAPER_CLASSES[args.task])
+            paper_model = create_model(name, args.task, spec.default_classes)
             here_model = create_model_from_config(meta["model"])
         row = {
             "model": name,
@@ -176,7 +186,7 @@ def main() -> None:
             "params_m_paper": count_params(paper_model) / 1e6,
             "gmacs_here": model_macs(here_model, args.task, args.img_size) / 1e9,
             "params_m_here": count_params(model) / 1e6,
-            "latency_ms": latency_ms(model, lat_size, args.latency_runs, device),
+            "latency_ms": latency_ms(model, spec, lat_size, args.latency_runs, device),
             "train_cmd": " ".join(train_cmd[2:]).replace("bicsnet.cli.main", "bicsnet"),
         }
         rows.append(row)
@@ -188,7 +198,7 @@ def main() -> None:
     }  # fmt: skip
     (out / "results.json").write_text(json.dumps({"args": vars(args), "env": env, "rows": rows}, indent=2) + "\n")
     print()
-    print(table(args.task, rows, flops_size, lat_size, args.img_size))
+    print(table(spec, rows, flops_size, lat_size, args.img_size))
     print(f"\n{env}")
 
 
@@ -202,9 +212,10 @@ def _cpu_name() -> str:
     return platform.processor()
 
 
-def table(task: str, rows: list[dict], flops_size: int, lat_size: int, img_size: int) -> str:
-    keys = METRIC_KEYS[task]
-    n_cls = PAPER_CLASSES[task]
+def table(spec: TaskSpec, rows: list[dict], flops_size: int, lat_size: int, img_size: int) -> str:
+    """The Markdown table: the task's metric columns, paper-size GMACs and params, here-size GMACs, latency, training."""
+    keys = METRIC_COLUMNS[spec.metric]
+    n_cls = spec.default_classes
     head = (
         f"| model | {' | '.join(keys)} | GMACs @{flops_size} ({n_cls} cl.) | params (M) | GMACs @{img_size} (here) "
         f"| latency b=1 @{lat_size} (ms) | train (s) | steps |"

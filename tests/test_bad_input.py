@@ -77,7 +77,9 @@ def _train_args(ws: WS, out: Path, *extra: str, task: str = "classification") ->
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory: pytest.TempPathFactory) -> WS:
     from bicsnet.models import create_model
-    from bicsnet.recipes import DataSpec, build_task_data, model_meta
+    from bicsnet.data.spec import DataSpec
+    from bicsnet.models import model_meta
+    from bicsnet.tasks import get_task
 
     root = tmp_path_factory.mktemp("bad_input")
     synth = generate(root / "synth", **SYNTH)
@@ -85,7 +87,7 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> WS:
                     synth_size=SYNTH["img_size"], seed=SYNTH["seed"])  # fmt: skip
     ckpt = {}
     for task, (size, over) in MODELS.items():
-        data = build_task_data(task, spec, size, train=False)
+        data = get_task(task).load_data(spec, size, train=False)
         torch.manual_seed(0)
         model = create_model("bicsnet_48_tiny", task, data.num_classes, **over)
         ckpt[task] = root / f"{task}.safetensors"
@@ -479,7 +481,7 @@ CASES: list[Case] = [
     _stop("folder-train-val-classes-differ",
           lambda ws, tmp: _folder(ws, tmp, lambda r: shutil.rmtree(r / "train" / "star"), train=True),
           "different class folders"),  # fmt: skip
-    _stop("folder-classes-differ-from-checkpoint", lambda ws, tmp: _folder(ws, tmp, _extra_class), "--checkpoint",
+    _stop("folder-classes-differ-from-checkpoint", lambda ws, tmp: _folder(ws, tmp, _extra_class), "classification.safetensors",
           "model has 6 classes, the evaluation data 7"),  # fmt: skip
     # ---- options.
     _stop("option-unknown-model", lambda ws, tmp: ["train", "--model", "bicsnet_48_tiyn", *ws.synth_flags(), "--out", str(tmp / "out")],
@@ -492,7 +494,7 @@ CASES: list[Case] = [
           "widht_mult"),
     _stop("option-override-wrong-type", lambda ws, tmp: _train_args(ws, tmp / "out", "--set", "width_mult=abc"),
           "width_mult='abc'", "expected float"),  # fmt: skip
-    _stop("option-img-size-too-small", lambda ws, tmp: _train_args(ws, tmp / "out", "--img-size", "8"), "--img-size 8"),
+    _stop("option-img-size-too-small", lambda ws, tmp: _train_args(ws, tmp / "out", "--img-size", "8"), "img_size 8", "at least 32"),
     _stop("option-batch-larger-than-dataset", lambda ws, tmp: _train_args(ws, tmp / "out", "--batch-size", "64"),
           "batch_size=64 is larger than the"),  # fmt: skip
     _stop("option-bad-training-value", lambda ws, tmp: _train_args(ws, tmp / "out", "--ema", "1.5"), "ema_decay=1.5"),
@@ -591,7 +593,7 @@ def test_bad_input_matrix(case: Case, ws: WS, tmp_path: Path, cli, monkeypatch: 
         for needle in case.needle:
             assert needle in lines[0], (needle, lines[0])
         # Nothing written or changed - except a training run's own logs when it died before its first checkpoint.
-        allowed = {"config.json", "log.csv", "eval_log.jsonl"} if command == "train" and not before else set()
+        allowed = {"config.json", "config.yaml", "log.csv", "eval_log.jsonl"} if command == "train" and not before else set()
         changed = {k for k in after if before.get(k) != after[k]} | (before.keys() - after.keys())
         assert changed <= allowed, changed
         assert not any(Path(k).name.startswith(".") for k in after), after  # no temporary files left

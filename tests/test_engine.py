@@ -29,7 +29,8 @@ from bicsnet.engine.checkpoint import (
 from bicsnet.engine.distributed import CPUSyncBatchNorm, ResumableDistributedSampler, convert_sync_batchnorm
 from bicsnet.engine.schedule import PAPER_STEP_MILESTONES, build_scheduler, lr_factor
 from bicsnet.engine.seeding import SeededDataset, capture_rng_state, restore_rng_state
-from bicsnet.engine.tasks import DetectionTask, EvalResult, build_task
+from bicsnet.engine.adapters import DetectionTask, EvalResult
+from bicsnet.tasks import get_task
 from bicsnet.engine.trainer import TrainConfig, Trainer, evaluate_model, parameter_groups
 from bicsnet.errors import BicsnetError, CheckpointError, ConfigError
 
@@ -481,7 +482,7 @@ def test_detection_evaluate_gathers_results(monkeypatch):
     monkeypatch.setattr(bicsnet.metrics, "coco", fake, raising=False)
     dataset = types.SimpleNamespace(coco=object(), cat_ids=[7, 9])
     loader = [([torch.rand(3, 8, 8)] * 2, [{"image_id": 1}, {"image_id": torch.tensor(2)}])]
-    result = build_task("instance").evaluate(_FakeDetector(), loader, torch.device("cpu"), dataset)
+    result = get_task("instance").adapter().evaluate(_FakeDetector(), loader, torch.device("cpu"), dataset)
     assert isinstance(result, EvalResult)
     assert result.metrics == {"bbox": {"AP": 0.5}, "segm": {"AP": 0.5}}
     assert [r["image_id"] for r in result.artifacts["detections.json"]] == [1, 2]
@@ -490,7 +491,7 @@ def test_detection_evaluate_gathers_results(monkeypatch):
 
 
 def test_segmentation_losses_ignore_index():
-    task = build_task("segmentation", num_classes=3)
+    task = get_task("segmentation").adapter(num_classes=3)
     model = nn.Conv2d(3, 3, 1)
     images, masks = torch.rand(2, 3, 8, 8), torch.full((2, 8, 8), 255)
     masks[:, :2] = 1
@@ -499,7 +500,7 @@ def test_segmentation_losses_ignore_index():
     expected = nn.functional.cross_entropy(logits[:, :, :2], masks[:, :2])
     assert torch.allclose(loss, expected)
     with pytest.raises(ConfigError, match="unknown task"):
-        build_task("pose")
+        get_task("pose")
     assert math.isfinite(float(loss.detach()))
 
 

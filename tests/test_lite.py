@@ -1,6 +1,7 @@
 """BiCSNet-lite0..3 (Section V-E, Table VII): blocks, backbone, separable head, figures."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -10,19 +11,14 @@ from torch import nn
 
 import bicsnet
 from bicsnet.tools.flops import PAPER_ROWS, paper_comparison
-from bicsnet.arch.fusion import GlobalContext, ResampleBranch
-from bicsnet.models.lite import (
-    LITE_LEVEL_FILTERS,
-    BiCSNetLite,
-    BiCSNetLiteConfig,
-    MBConv,
-    SeparableConv,
-    SeparableRetinaNetHead,
-    SqueezeExcite,
-    make_divisible,
-)
+from bicsnet.arch.backbone import BiCSNet, BiCSNetConfig, PyramidBackbone
+from bicsnet.arch.blocks import MBConv, SqueezeExcite, create_block, list_blocks, make_divisible
+from bicsnet.arch.fusion import GlobalContext, ResampleBranch, SpaceToDepth
+from bicsnet.models.baselines import ResNetFPNBackbone
+from bicsnet.models.lite import lite_config
+from bicsnet.models.lite_head import SeparableConv, SeparableRetinaNetHead
 from bicsnet.models.detection import BiCSNetRetinaNet, FocalLossClassificationHead
-from bicsnet.arch.specs import BICSNET_SPECS
+from bicsnet.arch.specs import BICSNET_SPECS, LITE_LEVEL_FILTERS, LITE_PRESET
 
 LITE = [f"bicsnet_lite{i}" for i in range(4)]
 
@@ -38,7 +34,7 @@ def _one_thread():
 
 
 def tiny(name: str, task: str = "backbone", num_classes: int | None = None, **kw):
-    over = {**bicsnet.get_entry(name).extra["tiny"], **kw}
+    over = {**bicsnet.get_entry(name).tiny, **kw}
     return bicsnet.create_model(name, task, num_classes, **over)
 
 
@@ -70,19 +66,19 @@ def test_mbconv_residual_starts_as_identity_and_options() -> None:
 
 
 def test_lite_reuses_the_bicsnet_block_graph() -> None:
-    specs = BiCSNetLiteConfig().specs()
+    specs = BiCSNetConfig(**LITE_PRESET).specs()
     assert [(s.name, s.part, s.level, s.inputs, s.output) for s in specs] == [
         (s.name, s.part, s.level, s.inputs, s.output) for s in BICSNET_SPECS
     ]
     assert {s.block for s in specs} == {"mbconv"}
     assert LITE_LEVEL_FILTERS == {1: 16, 2: 24, 3: 40, 4: 80, 5: 112, 6: 112, 7: 112}
-    no_gac = BiCSNetLiteConfig(gap_connection=False).specs()
+    no_gac = BiCSNetConfig(**LITE_PRESET, gap_connection=False).specs()
     assert not any(e.kind == "gap" for s in no_gac for e in s.inputs)
 
 
 def test_lite_backbone_is_built_as_section_v_e_says() -> None:
     m = bicsnet.create_model("bicsnet_lite2")  # width 1.0: the paper's level widths
-    assert isinstance(m, BiCSNetLite) and m.size_divisibility == 128 and m.out_channels == 64
+    assert isinstance(m, BiCSNet) and m.config.block == "mbconv" and m.size_divisibility == 128 and m.out_channels == 64
     assert [m.blocks[n][0].out_channels for n in ("stem1", "down3", "down4", "down5", "down6", "down7")] == [24, 40, 80, 112, 112, 112]
     assert m.stem[0].kernel_size == (3, 3) and m.stem[0].out_channels == 16
     assert all(isinstance(b, MBConv) and b.expand[0].out_channels == 6 * b.in_channels for g in m.blocks.values() for b in g)
@@ -116,11 +112,130 @@ def test_lite_config_round_trips() -> None:
     assert str(m2) == str(m)
     assert sum(p.numel() for p in m2.parameters()) == sum(p.numel() for p in m.parameters())
     c = m.backbone.config
-    assert BiCSNetLiteConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
+    assert BiCSNetConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
     with pytest.raises(bicsnet.ConfigError, match="sfm_ratio"):
         bicsnet.create_model("bicsnet_lite0", sfm_ratio=0.5)  # a BiCSNet knob, not a lite one
     with pytest.raises(bicsnet.ConfigError, match="fusion"):
-        BiCSNetLite(fusion="concat")
+        BiCSNet(lite_config("lite0"), fusion="concat")
+
+
+def test_lite_is_the_preset_on_the_one_builder() -> None:
+    c = lite_config("lite1")
+    assert bicsnet.get_entry("bicsnet_lite1").config == c
+    assert c == BiCSNetConfig(**{**LITE_PRESET, "width_mult": 0.65, "endpoint_channels": 40})
+    base = BiCSNetConfig().to_dict()
+    assert {k for k, v in c.to_dict().items() if v != base[k]} == set(LITE_PRESET) | {"width_mult"}
+    m = tiny("bicsnet_lite1")
+    assert type(m) is BiCSNet and isinstance(m.stem_pool, nn.Identity)
+    assert m.blocks["stem1"][0].stride == 2  # L1 -> L2 in place of the max-pool
+    assert [s.name for s in m.specs] == [s.name for s in BICSNET_SPECS]
+
+
+def test_lite_state_dict_keys_keep_the_checkpoint_format() -> None:
+    keys = set(tiny("bicsnet_lite0").state_dict())
+    for k in (
+        "stem.0.weight", "blocks.stem1.0.expand.0.weight", "blocks.stem1.0.se.reduce.weight",
+        "blocks.end7.0.project.1.running_mean", "fusions.down3.weights", "fusions.down4.branches.0.down.1.0.weight",
+        "fusions.down3.branches.1.gc_pre.conv.weight", "fusions.up6.branches.0.gc_post.conv.bias",
+        "fusions.up3.branches.0.project.0.weight", "endpoints.p7.0.weight",
+    ):  # fmt: skip
+        assert k in keys, k
+    assert not any(".squeeze." in k or k.startswith("stem_pool") for k in keys)
+
+
+def test_lite_grad_checkpointing_same_outputs_and_gradients() -> None:
+    torch.manual_seed(0)
+    ref = tiny("bicsnet_lite0", drop_path_rate=0.1).train()
+    ck = tiny("bicsnet_lite0", drop_path_rate=0.1).train()
+    ck.load_state_dict(ref.state_dict())
+    ck.set_grad_checkpointing(True)
+    assert ck.grad_checkpointing and ck.config.grad_checkpointing and not ref.grad_checkpointing
+    x = torch.rand(2, 3, 64, 96)
+    outs = []
+    for m in (ref, ck):
+        torch.manual_seed(1)  # the same stochastic-depth masks
+        out = m(x)
+        sum(v.square().mean() for v in out.values()).backward()
+        outs.append(out)
+    for k in outs[0]:
+        torch.testing.assert_close(outs[1][k], outs[0][k])
+    for (k, a), b in zip(ref.named_parameters(), ck.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=k)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {**LITE_PRESET, "expand_ratio": 4, "kernel_size": 5, "se_ratio": 0.0, "global_context": False, "grad_checkpointing": True},
+        {"block": "residual", "stem": "lite", "down": "space_to_depth", "fusion": "fast_normalized", "channel_divisor": 4,
+         "level_filters": {1: 32, 2: 64, 3: 128, 4: 256, 5: 256, 6: 256, 7: 256}, "sfm_squeeze": False},
+        {"block": "bottleneck", "stem": "lite", "level_filters": {1: 32, 2: 64, 3: 128, 4: 256, 5: 256, 6: 256, 7: 256}},
+    ],
+)  # fmt: skip
+def test_config_round_trips_the_new_fields_and_builds(config: dict) -> None:
+    c = BiCSNetConfig(**{**config, "width_mult": 0.125, "endpoint_channels": 8})
+    c.validate()
+    assert BiCSNetConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
+    m = BiCSNet(c).eval()
+    with torch.no_grad():
+        out = m(torch.rand(1, 3, 45, 70))
+    assert [v.shape[-2:] for v in out.values()] == [(math.ceil(45 / 2**i), math.ceil(70 / 2**i)) for i in range(3, 8)]
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("block", "convnext"), ("block", 3), ("stem", "vgg"), ("down", "avgpool"), ("fusion", "concat"),
+        ("sfm_squeeze", "no"), ("global_context", 1), ("expand_ratio", 0), ("kernel_size", 4), ("se_ratio", 1.5),
+        ("channel_divisor", 0),
+    ],
+)  # fmt: skip
+def test_bad_new_field_is_a_config_error_naming_it(field: str, value: object) -> None:
+    good = BiCSNetConfig(**LITE_PRESET)  # MBConv blocks: every new field is read
+    good.validate()
+    with pytest.raises(bicsnet.ConfigError, match=field):
+        dataclasses.replace(good, **{field: value}).validate()
+
+
+@pytest.mark.parametrize(
+    "over,field",
+    [
+        ({"expand_ratio": 4}, "expand_ratio"), ({"kernel_size": 5}, "kernel_size"), ({"se_ratio": 0.0}, "se_ratio"),
+        ({"stem": "lite", "stem_channels": 32, "level_filters": {1: 16, **BiCSNetConfig().level_filters}}, "stem_channels"),
+        ({"stem": "lite"}, "level_filters"), ({"sfm_squeeze": False, "sfm_ratio": 0.5}, "sfm_ratio"),
+    ],
+)  # fmt: skip
+def test_options_a_config_does_not_read_are_refused(over: dict, field: str) -> None:
+    with pytest.raises(bicsnet.ConfigError, match=field):
+        BiCSNetConfig(**over).validate()
+    with pytest.raises(bicsnet.ConfigError, match="expand_ratio"):
+        bicsnet.create_model("bicsnet_48", expand_ratio=2)
+
+
+def test_block_registry_lists_the_three_block_types() -> None:
+    assert list_blocks() == ["bottleneck", "mbconv", "residual"]
+    x = torch.rand(1, 16, 9, 13)
+    for name, out_ch in [("bottleneck", 32), ("residual", 8), ("mbconv", 8)]:
+        g = create_block(name, 16, 8, 2, 2, "bn", "relu", 0.0, expand_ratio=2, kernel_size=3, se_ratio=0.25).eval()
+        assert g.in_channels == 16 and g.out_channels == out_ch and len(g) == 2
+        assert g(x).shape == (1, out_ch, 5, 7)
+    with pytest.raises(bicsnet.ConfigError, match="convnext"):
+        create_block("convnext", 16, 8)
+
+
+def test_space_to_depth_pads_odd_sizes() -> None:
+    assert SpaceToDepth()(torch.rand(1, 2, 5, 7)).shape == (1, 8, 3, 4)
+
+
+def test_pyramid_backbone_contract_is_shared() -> None:
+    with torch.device("meta"):
+        resnet = ResNetFPNBackbone()
+    for bb in (resnet, tiny("bicsnet_lite0")):
+        assert isinstance(bb, PyramidBackbone)
+        assert bb.out_features == ["p3", "p4", "p5", "p6", "p7"] and bb.size_divisibility == 128
+        assert [f["reduction"] for f in bb.feature_info] == [8, 16, 32, 64, 128]
+        assert bb.output_shape()["p5"].stride == 32 and bb.output_shape()["p5"].channels == bb.out_channels
+    assert resnet.out_channels == 256
 
 
 def test_default_input_sizes() -> None:

@@ -14,19 +14,13 @@ from bicsnet.arch.specs import PATHWAYS, TOPOLOGIES
 
 from .conftest import TINY
 
-from bicsnet.models.registry import is_baseline
-
-ALL = [n for n in bicsnet.list_models() if not is_baseline(n)]
-BASELINES = [n for n in bicsnet.list_models() if is_baseline(n)]
-BICSNET_FAMILY = [n for n in ALL if bicsnet.get_entry(n).builder is None]
+ALL = [n for n in bicsnet.list_models() if bicsnet.get_entry(n).config is not None]
+BASELINES = [n for n in bicsnet.list_models() if bicsnet.get_entry(n).config is None]
+BICSNET_FAMILY = [n for n in ALL if bicsnet.get_entry(n).family == "bicsnet"]
 
 
 def tiny(name: str, task: str = "backbone", num_classes: int | None = None, **kw):
-    over = dict(TINY)
-    entry = bicsnet.get_entry(name)
-    if entry.builder is not None:  # lite models have their own width knobs
-        over = dict(entry.extra.get("tiny", {}))
-    over.update(kw)
+    over = {**bicsnet.get_entry(name).tiny, **kw}  # each family's own width knobs
     return bicsnet.create_model(name, task, num_classes, **over)
 
 
@@ -118,7 +112,7 @@ def test_config_round_trip(name: str) -> None:
     m2 = bicsnet.create_model_from_config(cfg)
     assert str(m2) == str(m)
     assert sum(p.numel() for p in m2.parameters()) == sum(p.numel() for p in m.parameters())
-    if bicsnet.get_entry(name).builder is None:
+    if name in BICSNET_FAMILY:
         c = m.backbone.config
         assert BiCSNetConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
 
@@ -129,8 +123,8 @@ def _edges(cfg: BiCSNetConfig) -> set[tuple[str, str, str]]:
 
 @pytest.mark.parametrize("switch,kind", [("gap_connection", "gap"), ("skip_connection", "skip"), ("long_range_gap_connection", "long_range_gap")])
 def test_ablation_removes_exactly_its_pathway(switch: str, kind: str) -> None:
-    full = bicsnet.get_entry("bicsnet_48").backbone
-    ablated = bicsnet.get_entry(f"bicsnet_48_no_{ {'gap':'gac','skip':'skc','long_range_gap':'lrgac'}[kind] }").backbone
+    full = bicsnet.get_entry("bicsnet_48").config
+    ablated = bicsnet.get_entry(f"bicsnet_48_no_{ {'gap':'gac','skip':'skc','long_range_gap':'lrgac'}[kind] }").config
     assert getattr(ablated, switch) is False
     removed = _edges(full) - _edges(ablated)
     assert removed and all(k == kind for _, _, k in removed)
@@ -161,7 +155,7 @@ def test_no_sfm_and_fpn_and_csnet_switches() -> None:
     assert not any(isinstance(x, GlobalContext) for x in tiny("bicsnet_48_no_sfm").modules())
     assert any(isinstance(x, GlobalContext) for x in tiny("bicsnet_48").modules())
     assert tiny("bicsnet_48_fpn").fpn is not None and tiny("bicsnet_48").fpn is None
-    cs = bicsnet.get_entry("csnet_48").backbone.specs()
+    cs = bicsnet.get_entry("csnet_48").config.specs()
     lv = {s.name: s.level for s in cs}
     # Unidirectional: no main edge goes from a coarser to a finer level.
     assert all(lv.get(e.source, 1) <= s.level for s in cs for e in s.inputs if e.kind == "main")
@@ -217,8 +211,8 @@ def test_flops_match_paper_tables() -> None:
 
 @pytest.mark.parametrize("name", BASELINES)
 def test_baselines_build_and_run(name: str) -> None:
-    task = next(iter(bicsnet.get_entry(name).task_builders))
-    m = bicsnet.create_model(name, task, 3, **({"img_size": 128} if task == "detection" else {})).eval()
+    task = bicsnet.get_entry(name).tasks[0]
+    m = bicsnet.create_model(name, task, 3, **({"img_size": 128} if bicsnet.get_task(task).uses_img_size else {})).eval()
     with torch.no_grad():
         if task == "detection":
             out = m([torch.rand(3, 100, 128)])

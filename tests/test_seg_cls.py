@@ -29,7 +29,8 @@ from bicsnet.data import (
 )
 from bicsnet.engine.trainer import TrainConfig, Trainer
 from bicsnet.metrics import SegmentationMetric
-from bicsnet.recipes import RECIPES, recipe_config, load_checkpoint_model
+from bicsnet.models import load_checkpoint_model
+from bicsnet.tasks import TASKS, recipe_config
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -78,7 +79,7 @@ def cls_run(synth: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) ->
 
 # --------------------------------------------------------------------------- recipes
 def test_recipes_follow_the_paper() -> None:
-    seg = RECIPES["segmentation"]
+    seg = TASKS["segmentation"].recipe
     assert (seg["lr"], seg["lr_reference_batch"], seg["schedule"]) == (0.02, 256, "cosine")
     assert (seg["iterations"], seg["warmup_iterations"]) == (20000, 1000)
     # 20k iterations x 256 images over VOC train_aug (10,582 images): the same images at any batch size.
@@ -136,7 +137,7 @@ def test_train_transforms_crop_scale_and_flip() -> None:
 def test_bn_momentum_flag_and_short_run_warning(capsys: pytest.CaptureFixture) -> None:
     from types import SimpleNamespace
 
-    from bicsnet.cli.run_cmd import _set_bn_momentum, _warn_short_bn
+    from bicsnet.api import _set_bn_momentum, _warn_short_bn
     from bicsnet.models import create_model
 
     model = create_model("bicsnet_48", "segmentation", 3, width_mult=0.125, endpoint_channels=16)

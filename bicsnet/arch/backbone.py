@@ -1,31 +1,65 @@
 """The BiCSNet backbone: stem, block graph from a topology table, endpoints.
 
 Built from :mod:`bicsnet.arch.specs` (what connects to what) and a
-:class:`BiCSNetConfig` (how wide, how deep, which switches). The forward pass
-returns an ordered dict ``p3..p7`` (strides 8..128), finest first, like
-torchvision's detection backbones; ``out_channels`` and ``output_shape()``
-declare channels and strides (detectron2's contract), ``size_divisibility``
-the padding a detector should apply (2^7).
+:class:`BiCSNetConfig` (how wide, how deep, which blocks, which switches).
+One builder makes every model of the paper: BiCSNet-48S..140 (Table I), the
+ablations of Tables IX and X and the lite models of Section V-E (MBConv
+blocks, a 3x3 stem and a lighter Spatial Fusion Module, as configuration:
+:data:`bicsnet.arch.specs.LITE_PRESET`).
+
+The graph: a stem (ResNet-50's 7x7/2 conv + 3x3/2 max-pool, or the lite 3x3/2
+conv) and its level-2 blocks; the Down-Sampling Part (eq. (1)) with its
+Gap-Connections (eq. (4)); the Up-Sampling Part (eq. (2)) with its
+Skip-Connections (eq. (5)); the End Down-Sampling Part (eq. (3)) with its
+Long-Range Gap-Connections (eq. (6)). Every non-stem block first fuses its
+inputs with a Spatial Fusion Module (Section III-C, :mod:`bicsnet.arch.fusion`),
+then runs its block group (:mod:`bicsnet.arch.blocks`).
+
+Shapes: the forward pass takes ``(N, 3, H, W)`` (any ``H, W``) and returns an
+ordered dict ``p3..p7`` of ``(N, endpoint_channels, ceil(H / 2^l), ceil(W / 2^l))``
+(strides 8..128), finest first, like torchvision's detection backbones;
+:class:`PyramidBackbone` declares channels and strides (``out_channels``,
+``output_shape()``, detectron2's contract; ``feature_info``, timm's) and
+``size_divisibility``, the padding a detector should apply (2^7).
+
+Errors: a bad configuration is a :class:`~bicsnet.errors.ConfigError` from
+:meth:`BiCSNetConfig.validate` naming the first bad option, raised before any
+layer is built.
 """
 from __future__ import annotations
 
 import dataclasses
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 from torchvision.ops import FeaturePyramidNetwork
 
-from .blocks import BlockGroup, block_out_channels
 from ..errors import ConfigError
-from .fusion import ResampleBranch, SpatialFusionModule
+from .blocks import block_out_channels, create_block, list_blocks, make_divisible
+from .fusion import DOWN_SAMPLINGS, FUSIONS, BranchBase, PlainResampleBranch, ResampleBranch, SpatialFusionModule
 from .layers import ACTIVATIONS, NORM_LAYERS, ConvNormAct
 from .specs import LEVEL_FILTERS, PATHWAYS, STEM_SOURCE, TOPOLOGIES, BlockSpec
 
-__all__ = ["BiCSNetConfig", "BiCSNet", "ShapeSpec"]
+__all__ = ["STEMS", "BiCSNetConfig", "BiCSNet", "PyramidBackbone", "ShapeSpec"]
+
+#: Stems: ``resnet`` = 7x7/2 conv + 3x3/2 max-pool (ResNet-50's, BiCSNet);
+#: ``lite`` = 3x3/2 conv to level 1, the first stem block strides to level 2.
+STEMS = ("resnet", "lite")
+
+#: Options read only by some parts, with when they are not read. Setting one
+#: away from its default where it is not read is an error, not a silent no-op.
+_UNREAD_UNLESS: dict[str, tuple[str, str]] = {
+    "expand_ratio": ("mbconv", "without MBConv blocks (block='mbconv')"),
+    "kernel_size": ("mbconv", "without MBConv blocks (block='mbconv')"),
+    "se_ratio": ("mbconv", "without MBConv blocks (block='mbconv')"),
+    "stem_channels": ("resnet_stem", "with stem='lite' (its width is level_filters[1])"),
+    "sfm_ratio": ("sfm_squeeze", "with sfm_squeeze=False (the SFM keeps the source's width)"),
+}
 
 
 @dataclass
@@ -33,9 +67,18 @@ class BiCSNetConfig:
     """Every knob of the backbone, as plain data (round-trips through dicts).
 
     Scaling (Table I): ``depth_repeat`` d, ``sfm_ratio`` gamma, ``width_mult``
-    omega. Ablations (Tables IX, X): ``topology="csnet"``, the three pathway
+    omega; level widths are ``make_divisible(level_filters[l] * width_mult,
+    channel_divisor)`` (with the default divisor 1: ``max(1, int(...))``).
+    Ablations (Tables IX, X): ``topology="csnet"``, the three pathway
     switches, ``spatial_fusion=False`` and ``fpn=True``. ``grad_checkpointing``
     trades compute for training memory (see :meth:`BiCSNet.set_grad_checkpointing`).
+
+    What sits on the graph (the lite models of Section V-E set these, see
+    :data:`bicsnet.arch.specs.LITE_PRESET`): ``block`` (``None``: each
+    topology row's own block; a registered block type replaces every block),
+    ``stem``, the SFM's ``down`` sampling, ``fusion``, ``sfm_squeeze`` and
+    ``global_context``, and the MBConv's ``expand_ratio``, ``kernel_size`` and
+    ``se_ratio``.
     """
 
     topology: str = "bicsnet"
@@ -56,6 +99,22 @@ class BiCSNetConfig:
     max_level: int = 7
     level_filters: dict[int, int] = field(default_factory=lambda: dict(LEVEL_FILTERS))
     grad_checkpointing: bool = False
+    block: str | None = None
+    stem: str = "resnet"
+    down: str = "conv"
+    fusion: str = "sum"
+    sfm_squeeze: bool = True
+    global_context: bool = True
+    expand_ratio: int = 6
+    kernel_size: int = 3
+    se_ratio: float = 0.25
+    channel_divisor: int = 1
+
+    def __post_init__(self) -> None:
+        # A read-only preset mapping (specs.LITE_LEVEL_FILTERS) becomes a dict
+        # of its own, so configs never share (or deep-copy) one mapping.
+        if isinstance(self.level_filters, Mapping) and not isinstance(self.level_filters, dict):
+            self.level_filters = dict(self.level_filters)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form (JSON-safe: level keys become strings)."""
@@ -64,7 +123,7 @@ class BiCSNetConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "BiCSNetConfig":
+    def from_dict(cls, d: Mapping[str, Any]) -> "BiCSNetConfig":
         """Inverse of :meth:`to_dict`; unknown keys are an error naming them."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
@@ -78,7 +137,7 @@ class BiCSNetConfig:
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first bad option."""
         # Wrong types (e.g. ``--set width_mult=abc``) would fail deep inside the builder.
-        kinds = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+        kinds = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "str | None": (str, type(None))}
         for f in dataclasses.fields(self):
             value, want = getattr(self, f.name), kinds.get(str(f.type))
             if want and (not isinstance(value, want) or (isinstance(value, bool) and bool not in want)):
@@ -95,8 +154,71 @@ class BiCSNetConfig:
             raise ConfigError(f"sfm_ratio must be in (0, 4], got {self.sfm_ratio}")
         if self.width_mult <= 0:
             raise ConfigError(f"width_mult must be > 0, got {self.width_mult}")
+        if self.endpoint_channels < 1:
+            raise ConfigError(f"endpoint_channels must be >= 1, got {self.endpoint_channels}")
+        if self.stem_channels < 1:
+            raise ConfigError(f"stem_channels must be >= 1, got {self.stem_channels}")
         if not 0 <= self.drop_path_rate < 1:
             raise ConfigError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+        if self.block is not None and self.block not in list_blocks():
+            known = ", ".join(list_blocks())
+            raise ConfigError(f"block {self.block!r} is not one of {known} (or None: the topology's)")
+        if self.stem not in STEMS:
+            raise ConfigError(f"stem {self.stem!r} is not one of {', '.join(STEMS)}")
+        if self.down not in DOWN_SAMPLINGS:
+            raise ConfigError(f"down {self.down!r} is not one of {', '.join(DOWN_SAMPLINGS)}")
+        if self.fusion not in FUSIONS:
+            raise ConfigError(f"fusion {self.fusion!r} is not one of {', '.join(FUSIONS)}")
+        if self.expand_ratio < 1:
+            raise ConfigError(f"expand_ratio must be >= 1, got {self.expand_ratio}")
+        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            raise ConfigError(f"kernel_size must be odd and >= 1, got {self.kernel_size}")
+        if not 0 <= self.se_ratio <= 1:
+            raise ConfigError(f"se_ratio must be in [0, 1], got {self.se_ratio}")
+        if self.channel_divisor < 1:
+            raise ConfigError(f"channel_divisor must be >= 1, got {self.channel_divisor}")
+        specs = self.specs()
+        self._validate_levels(specs)
+        reads = {
+            "mbconv": any(s.block == "mbconv" for s in specs),
+            "resnet_stem": self.stem == "resnet",
+            "sfm_squeeze": self.sfm_squeeze,
+        }
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for name, (part, why) in _UNREAD_UNLESS.items():
+            value = getattr(self, name)
+            if not reads[part] and value != defaults[name]:
+                raise ConfigError(f"{name}={value!r} has no effect {why}")
+
+    def _validate_levels(self, specs: tuple[BlockSpec, ...]) -> None:
+        """Output levels, level widths and stem strides the topology needs."""
+        if not 1 <= self.min_level <= self.max_level:
+            raise ConfigError(f"min_level={self.min_level}, max_level={self.max_level}: need 1 <= min <= max")
+        outputs = {s.level for s in specs if s.output}
+        missing = [lvl for lvl in range(self.min_level, self.max_level + 1) if lvl not in outputs]
+        if missing:
+            raise ConfigError(f"topology {self.topology!r} has no output block for level(s) {missing}")
+        needed = {s.level for s in specs} | ({1} if self.stem == "lite" else set())
+        lacking = sorted(needed - set(self.level_filters))
+        if lacking:
+            raise ConfigError(f"level_filters lacks level(s) {lacking}")
+        for s in specs:
+            if s.part == "stem":
+                in_level = self.stem_input_level(s, specs)
+                if s.level - in_level not in (0, 1):
+                    raise ConfigError(
+                        f"stem={self.stem!r}: stem block {s.name} cannot go from level {in_level} to {s.level}"
+                    )
+
+    def stem_input_level(self, spec: BlockSpec, specs: Sequence[BlockSpec]) -> int:
+        """Level a stem block's input arrives at (the ResNet stem's max-pool takes level 1 to 2).
+
+        The block strides by 2^(its level - this); ``specs`` is :meth:`specs`'s table.
+        """
+        src = spec.inputs[0].source
+        if src == STEM_SOURCE:
+            return 2 if self.stem == "resnet" else 1
+        return next(s.level for s in specs if s.name == src)
 
     def enabled_pathways(self) -> set[str]:
         """Edge kinds kept by the ablation switches (``main`` always)."""
@@ -107,12 +229,26 @@ class BiCSNetConfig:
         return on
 
     def specs(self) -> tuple[BlockSpec, ...]:
-        """The topology table with the disabled pathways' edges removed."""
+        """The topology table with the disabled pathways' edges removed and ``block`` applied."""
         keep = self.enabled_pathways()
+        block = {"block": self.block} if self.block is not None else {}
         return tuple(
-            dataclasses.replace(s, inputs=tuple(e for e in s.inputs if e.kind in keep))
+            dataclasses.replace(s, inputs=tuple(e for e in s.inputs if e.kind in keep), **block)
             for s in TOPOLOGIES[self.topology]
         )
+
+    def filters(self) -> dict[int, int]:
+        """Width of every level after the width multiplier."""
+        return {lvl: make_divisible(f * self.width_mult, self.channel_divisor) for lvl, f in self.level_filters.items()}
+
+    def block_options(self) -> dict[str, Any]:
+        """The block-specific options every block builder receives."""
+        return {"expand_ratio": self.expand_ratio, "kernel_size": self.kernel_size, "se_ratio": self.se_ratio}
+
+    @property
+    def stem_label(self) -> str:
+        """How ``bicsnet draw`` labels the stem."""
+        return "7x7 conv" if self.stem == "resnet" else "3x3/2 conv"
 
 
 @dataclass(frozen=True)
@@ -130,8 +266,47 @@ def _level_size(h: int, w: int, level: int) -> tuple[int, int]:
     return ((h + s - 1) // s, (w + s - 1) // s)
 
 
-class BiCSNet(nn.Module):
-    """BiCSNet backbone (Section III) producing P3..P7."""
+class PyramidBackbone(nn.Module):
+    """A backbone returning an ordered dict ``p<l>`` for consecutive levels, all ``out_channels`` wide.
+
+    Subclasses call :meth:`_declare_outputs` once built; the contract the task
+    heads read (``out_channels``, ``strides``, ``size_divisibility``,
+    ``out_features``, ``output_shape()``, ``feature_info``) follows from it.
+    """
+
+    levels: list[int]
+    out_channels: int
+    strides: dict[str, int]
+    size_divisibility: int
+
+    def _declare_outputs(self, levels: Sequence[int], channels: int, size_divisibility: int | None = None) -> None:
+        """Outputs ``p<l>`` for ``levels`` (stride 2^l), ``channels`` wide; padding defaults to the coarsest stride."""
+        self.levels = list(levels)
+        self.out_channels = channels
+        self.strides = {f"p{lvl}": 2**lvl for lvl in self.levels}
+        self.size_divisibility = size_divisibility if size_divisibility is not None else 2 ** max(self.levels)
+
+    @property
+    def out_features(self) -> list[str]:
+        """Output names, finest first."""
+        return list(self.strides)
+
+    def output_shape(self) -> dict[str, ShapeSpec]:
+        """Channels and stride of each output (detectron2's Backbone contract)."""
+        return {p: ShapeSpec(self.out_channels, s) for p, s in self.strides.items()}
+
+    @property
+    def feature_info(self) -> list[dict[str, Any]]:
+        """timm-style description of the outputs."""
+        return [{"name": p, "num_chs": self.out_channels, "reduction": s} for p, s in self.strides.items()]
+
+
+class BiCSNet(PyramidBackbone):
+    """BiCSNet backbone (Section III) producing P3..P7; also the lite backbones (Section V-E).
+
+    Raises:
+        ConfigError: a bad configuration (see :meth:`BiCSNetConfig.validate`).
+    """
 
     def __init__(self, config: BiCSNetConfig | None = None, **kwargs: Any) -> None:
         super().__init__()
@@ -140,15 +315,24 @@ class BiCSNet(nn.Module):
         elif kwargs:
             config = dataclasses.replace(config, **kwargs)
         config.validate()
-        self.config = config
-        cfg = config
+        self.config = cfg = config
         norm, act = cfg.norm, cfg.activation
-        filters = {lvl: max(1, int(f * cfg.width_mult)) for lvl, f in cfg.level_filters.items()}
+        filters = cfg.filters()
+        block_options = cfg.block_options()
 
-        self.stem = ConvNormAct(3, cfg.stem_channels, 7, stride=2, norm=norm, act=act)
-        self.stem_pool = nn.MaxPool2d(3, 2, 1)
+        # Modules are created in a fixed order (stem, then per block its
+        # branches and its group, then endpoints): a seed gives the same weights.
+        if cfg.stem == "resnet":
+            stem_ch = cfg.stem_channels
+            self.stem = ConvNormAct(3, stem_ch, 7, stride=2, norm=norm, act=act)
+            self.stem_pool: nn.Module = nn.MaxPool2d(3, 2, 1)
+        else:
+            # Lite: 3x3 stride-2 conv to L1; the first stem block strides to L2.
+            stem_ch = filters[1]
+            self.stem = ConvNormAct(3, stem_ch, 3, stride=2, norm=norm, act=act)
+            self.stem_pool = nn.Identity()
         # name -> (channels, base filters, level) of every feature produced so far.
-        feats: dict[str, tuple[int, int, int]] = {STEM_SOURCE: (cfg.stem_channels, cfg.stem_channels, 1)}
+        feats: dict[str, tuple[int, int, int]] = {STEM_SOURCE: (stem_ch, stem_ch, 1)}
 
         self.specs = cfg.specs()
         non_stem = [s for s in self.specs if s.part != "stem"]
@@ -158,35 +342,31 @@ class BiCSNet(nn.Module):
             f = filters[spec.level]
             if spec.part == "stem":
                 (src,) = spec.inputs
-                in_ch = feats[src.source][0]
-                self.blocks[spec.name] = BlockGroup(spec.block, in_ch, f, cfg.depth_repeat, norm, act)
+                stride = 2 ** (spec.level - cfg.stem_input_level(spec, self.specs))
+                block = create_block(
+                    spec.block, feats[src.source][0], f, cfg.depth_repeat, stride, norm, act, 0.0, **block_options
+                )
             else:
+                # Every branch projects to the block's input width (= its output
+                # width: 4x filters for a bottleneck, filters for residual / MBConv).
                 target_in = block_out_channels(spec.block, f)
-                branches = [
-                    ResampleBranch(
-                        *feats[e.source], target_in, spec.level, cfg.sfm_ratio, norm, act, cfg.spatial_fusion,
-                        mid_channels=self._squeeze_width(e.kind, feats[e.source][2], spec.level, f),
-                    )
-                    for e in spec.inputs
-                ]
-                self.fusions[spec.name] = SpatialFusionModule(branches, act)
+                branches = [self._branch(feats[e.source], e.kind, target_in, spec.level, f) for e in spec.inputs]
+                self.fusions[spec.name] = SpatialFusionModule(branches, act, cfg.fusion)
                 # Stochastic depth grows linearly with block index (SpineNet).
                 rate = cfg.drop_path_rate * (non_stem.index(spec) + 1) / len(non_stem)
-                self.blocks[spec.name] = BlockGroup(spec.block, target_in, f, cfg.depth_repeat, norm, act, rate)
-            feats[spec.name] = (self.blocks[spec.name].out_channels, f, spec.level)
+                block = create_block(spec.block, target_in, f, cfg.depth_repeat, 1, norm, act, rate, **block_options)
+            self.blocks[spec.name] = block
+            feats[spec.name] = (block.out_channels, f, spec.level)
 
-        self.levels = list(range(cfg.min_level, cfg.max_level + 1))
+        levels = range(cfg.min_level, cfg.max_level + 1)
         outputs = {s.level: s.name for s in self.specs if s.output}
-        missing = [lvl for lvl in self.levels if lvl not in outputs]
-        if missing:
-            raise ConfigError(f"topology {cfg.topology!r} has no output block for level(s) {missing}")
-        self.output_blocks = {f"p{lvl}": outputs[lvl] for lvl in self.levels}
+        self.output_blocks = {f"p{lvl}": outputs[lvl] for lvl in levels}
         c = cfg.endpoint_channels
         # SpineNet's endpoints: 1x1 conv + norm + act to a common width.
         self.endpoints = nn.ModuleDict(
             {p: ConvNormAct(feats[b][0], c, 1, norm=norm, act=act) for p, b in self.output_blocks.items()}
         )
-        self.fpn = FeaturePyramidNetwork([c] * len(self.levels), c) if cfg.fpn else None
+        self.fpn = FeaturePyramidNetwork([c] * len(levels), c) if cfg.fpn else None
         # Liveness for the forward pass: after block i, drop the features no later
         # block reads (inference keeps only what is still needed, not every block).
         last_use: dict[str, int] = {}
@@ -197,9 +377,19 @@ class BiCSNet(nn.Module):
         for name, i in last_use.items():
             self._free_after[i].append(name)
         self._endpoint_of = {b: p for p, b in self.output_blocks.items()}
-        self.out_channels = c
-        self.strides = {f"p{lvl}": 2**lvl for lvl in self.levels}
-        self.size_divisibility = 2**cfg.max_level
+        self._declare_outputs(levels, c, 2**cfg.max_level)
+
+    def _branch(self, src: tuple[int, int, int], kind: str, target_in: int, level: int, filters: int) -> BranchBase:
+        """The resampling branch of one edge from ``src`` (channels, base filters, level)."""
+        cfg = self.config
+        channels, base_filters, src_level = src
+        if not cfg.spatial_fusion:
+            return PlainResampleBranch(channels, src_level, target_in, level, cfg.norm)
+        return ResampleBranch(
+            channels, base_filters, src_level, target_in, level, cfg.sfm_ratio, cfg.norm, cfg.activation,
+            global_context=cfg.global_context, squeeze=cfg.sfm_squeeze, down=cfg.down,
+            mid_channels=self._squeeze_width(kind, src_level, level, filters) if cfg.sfm_squeeze else None,
+        )  # fmt: skip
 
     @property
     def grad_checkpointing(self) -> bool:
@@ -212,7 +402,7 @@ class BiCSNet(nn.Module):
         With this on, a training step keeps only the block outputs (which
         later fusions and the endpoints read anyway); every block's Spatial
         Fusion Module (squeeze, global context, resampling, projection) and its
-        residual / bottleneck layers run again during backward: less memory
+        block group run again during backward: less memory
         for about one more forward of the backbone. Only applies in training
         mode with gradients enabled; outputs and gradients are unchanged (the
         RNG state is replayed, so stochastic depth draws the same masks).
@@ -242,20 +432,6 @@ class BiCSNet(nn.Module):
         if edge_kind == "main" and src_level < level:
             return max(1, int(filters * self.config.sfm_ratio))
         return None
-
-    @property
-    def out_features(self) -> list[str]:
-        """Output names, finest first."""
-        return list(self.output_blocks)
-
-    def output_shape(self) -> dict[str, ShapeSpec]:
-        """Channels and stride of each output (detectron2's Backbone contract)."""
-        return {p: ShapeSpec(self.out_channels, s) for p, s in self.strides.items()}
-
-    @property
-    def feature_info(self) -> list[dict[str, Any]]:
-        """timm-style description of the outputs."""
-        return [{"name": p, "num_chs": self.out_channels, "reduction": s} for p, s in self.strides.items()]
 
     def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
         h, w = x.shape[-2:]

@@ -16,10 +16,21 @@ feed it. Edge kinds name the paper's pathways:
 Every edge is resampled to its block's level and width by a Spatial Fusion
 Module branch (Section III-C) and the branches are summed. Ablations of
 Table X drop edges by kind; CSNet (Table IX) is its own table.
+
+Parts of the network (``BlockSpec.part``): ``stem`` (ResNet-50's), ``down``
+(Down-Sampling Part, eq. (1)), ``up`` (Up-Sampling Part, eq. (2)), ``end``
+(End Down-Sampling Part, eq. (3)); CSNet's second Down-Sampling Part is
+``down2``.
+
+Also here, as data: Table I's scaling rows (:data:`SCALING`) and the lite
+family's preset (:data:`LITE_PRESET`, Section V-E), which puts MBConv blocks
+and a lighter SFM on the same tables.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Mapping
 
 __all__ = [
     "Edge",
@@ -32,6 +43,8 @@ __all__ = [
     "Scaling",
     "SCALING",
     "LEVEL_FILTERS",
+    "LITE_LEVEL_FILTERS",
+    "LITE_PRESET",
 ]
 
 #: Edge kinds that are cross-scale pathways (removable by the ablation switches).
@@ -60,7 +73,7 @@ class BlockSpec:
     name: str
     part: str  # "stem" | "down" | "up" | "end"
     level: int
-    block: str  # "bottleneck" | "residual"
+    block: str  # a registered block type: "bottleneck" | "residual" (| "mbconv" via the config)
     inputs: tuple[Edge, ...]
     output: bool = False
 
@@ -141,3 +154,58 @@ SCALING: dict[str, Scaling] = {
     "94": Scaling(1024, 2, 0.5, 1.1),
     "140": Scaling(1280, 3, 1.0, 1.0),
 }
+
+
+#: Feature dimension per level L1..L7 before the width multiplier (Section V-E,
+#: following [63]: SpineNet-Mobile's FILTER_SIZE_MAP, EfficientNet-B0's widths).
+LITE_LEVEL_FILTERS: Mapping[int, int] = MappingProxyType({1: 16, 2: 24, 3: 40, 4: 80, 5: 112, 6: 112, 7: 112})
+
+#: The BiCSNet-lite backbone (Section V-E, Table VII): the
+#: :class:`~bicsnet.arch.backbone.BiCSNetConfig` fields whose values differ
+#: from BiCSNet's. ``bicsnet.models.lite`` adds each model's width multiplier
+#: and P3-P7 width (its ``LITE_SCALING`` row).
+LITE_PRESET: Mapping[str, Any] = MappingProxyType(
+    {
+        "block": "mbconv",
+        "stem": "lite",
+        "down": "space_to_depth",
+        "fusion": "fast_normalized",
+        "sfm_squeeze": False,
+        "activation": "swish",
+        "level_filters": LITE_LEVEL_FILTERS,
+        "channel_divisor": 8,
+        "endpoint_channels": 64,
+    }
+)
+"""BiCSNet-lite0..3: the on-device detectors of Section V-E (Table VII).
+
+Same block graph as BiCSNet (the topology tables above, read, not copied);
+what changes is what sits on the graph:
+
+* every basic block T is an MBConv block (``block="mbconv"``; inverted
+  bottleneck: 1x1 expand x6, 3x3 depthwise, optional squeeze-excitation,
+  1x1 project, identity shortcut), with level widths {16, 24, 40, 80, 112,
+  112, 112} for L1..L7 (SpineNet-Mobile / EfficientNet-B0 widths, the paper's
+  [63], :data:`LITE_LEVEL_FILTERS`) times the width multiplier, rounded to
+  multiples of 8 (``channel_divisor=8``). Blocks keep their width (in = out
+  = the level's width), so every fusion projects to that width;
+* the stem is a 3x3 stride-2 conv to L1 (``stem="lite"``; kernels larger than
+  3x3 become 3x3) and the stem blocks are MBConvs, the first one strided to L2
+  in place of the max-pool;
+* the Spatial Fusion Module loses its 1x1 squeeze (``sfm_squeeze=False``; the
+  branch works at the source's width, its two global-context steps and its
+  final projection stay), down-sampling is space-to-depth followed by a
+  stride-2 conv (a 2x2 pixel-unshuffle and a 1x1 conv,
+  ``down="space_to_depth"``), and the inputs of a block are fused by
+  EfficientDet's fast normalised fusion (``fusion="fast_normalized"``);
+* swish activations (``activation="swish"``), as EfficientNet;
+* the box and class subnets use depthwise-separable convolutions with a norm
+  per pyramid level, EfficientDet-style (``bicsnet.models.lite_head``).
+
+The lite backbone is a :class:`~bicsnet.arch.backbone.BiCSNet` like any other,
+so it has BiCSNet's contract (ordered dict ``p3..p7``, ``out_channels``,
+``out_features``, ``strides``, ``size_divisibility`` 128, ``output_shape()``,
+``config.to_dict()``), feature freeing and gradient checkpointing.
+``docs/architecture.md`` ("BiCSNet-lite") records the choices and the figures
+that led to them.
+"""

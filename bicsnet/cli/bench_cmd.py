@@ -4,17 +4,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
 from .common import add_device_arg, parse_override, resolve_device
 
-__all__ = ["register"]
+if TYPE_CHECKING:
+    from ..tools.bench import ModelSpec
 
-DEFAULT_SIZES = {"detection": 640, "segmentation": 512, "classification": 224}
-DEFAULT_CLASSES = {"detection": 80, "segmentation": 21, "classification": 1000}
+__all__ = ["register"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from ..tools.bench import bench_task_names
+
     p = sub.add_parser(
         "bench",
         help="measure latency/throughput/training speed/memory of a model against its baseline",
@@ -26,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--list-pairs", action="store_true", help="list the named pairs and exit")
     p.add_argument("--model", help="registered model (instead of --pair)")
     p.add_argument("--baseline", help="registered model or tv:<torchvision builder>, e.g. tv:retinanet_resnet50_fpn")
-    p.add_argument("--task", choices=["detection", "segmentation", "classification"], help="with --model (default detection)")
+    p.add_argument("--task", choices=bench_task_names(), help="with --model (default detection)")
     p.add_argument("--img-size", type=int, help="input size S (SxS network input) for both models")
     p.add_argument("--num-classes", type=int, help="classes for both models (default: the pair's)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="model override, e.g. width_mult=0.125")
@@ -51,8 +54,13 @@ def _overrides(items: list[str]) -> dict[str, object]:
     return dict(parse_override(s) for s in items)
 
 
-def _specs(args: argparse.Namespace):
-    from ..tools.bench import ModelSpec, pair_specs
+def _specs(args: argparse.Namespace) -> tuple[ModelSpec, ModelSpec | None]:
+    """The (model, baseline) specs the flags describe: a pair, or --model [--baseline] with the task's defaults.
+
+    Raises:
+        ConfigError: both or neither of --pair and --model, or an unknown pair, task or model.
+    """
+    from ..tools.bench import ModelSpec, default_model_spec, pair_specs
 
     if args.pair and args.model:
         raise ConfigError("give --pair or --model, not both")
@@ -61,15 +69,9 @@ def _specs(args: argparse.Namespace):
         if args.baseline:
             baseline.name = args.baseline
     elif args.model:
-        task = args.task or "detection"
-        if args.model.startswith("tv:"):
-            size = DEFAULT_SIZES[task]
-        else:
-            from ..models import default_input_size
-
-            size = default_input_size(args.model) if task == "detection" else DEFAULT_SIZES[task]
-        model = ModelSpec(args.model, task, size, DEFAULT_CLASSES[task])
-        baseline = ModelSpec(args.baseline, task, size, DEFAULT_CLASSES[task]) if args.baseline else None
+        model = default_model_spec(args.model, args.task or "detection")
+        # The baseline runs at the model's size and class count, whatever its own defaults.
+        baseline = ModelSpec(args.baseline, model.task, model.img_size, model.num_classes) if args.baseline else None
     else:
         raise ConfigError("give --pair NAME or --model NAME [--baseline NAME] (bicsnet bench --list-pairs)")
     for spec in (model, baseline):

@@ -12,13 +12,17 @@ import json
 import shutil
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..errors import ConfigError
 from .common import add_device_arg, resolve_device
 
-__all__ = ["register", "DEMO_PRESETS"]
+if TYPE_CHECKING:
+    from ..config import RunConfig
+
+__all__ = ["register", "DEMO_PRESETS", "demo_config"]
 
 #: What the demo trains on each kind of device (CPU preset measured in benchmarks/demo.md:
 #: 32 epochs fit the 15-minute budget on 2 cores; the weights' EMA is what gets evaluated).
@@ -41,10 +45,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_demo)
 
 
+def demo_config(preset: dict, out: Path, device: str, workers: int) -> "RunConfig":
+    """The run configuration of a demo preset: synthetic data in ``OUT/data``, a short step schedule with EMA."""
+    from ..config import RunConfig
+
+    return RunConfig.from_dict({
+        "model": {"name": preset["model"], "task": "detection", "img_size": preset["img_size"]},
+        "data": {"synth_root": str(out / "data"), "synth_train": preset["synth_train"], "synth_val": preset["synth_val"],
+                 "synth_size": preset["img_size"]},
+        "train": {"epochs": preset["epochs"], "batch_size": preset["batch_size"], "lr": preset["lr"], "warmup_epochs": 1.0,
+                  "schedule": "step", "ema_decay": preset["ema"], "num_workers": workers, "device": device,
+                  "out_dir": str(out), "log_every": 10},
+    })  # fmt: skip
+
+
 def run_demo(args: argparse.Namespace) -> int:
-    from ..predict import predict_images
-    from .main import build_parser
-    from .run_cmd import train_from_args
+    from .. import api
 
     device = resolve_device(args.device)
     preset = dict(DEMO_PRESETS["cuda" if device.type == "cuda" else "cpu"])
@@ -59,24 +75,15 @@ def run_demo(args: argparse.Namespace) -> int:
         if not (out / "demo.json").exists():
             raise ConfigError(f"--out {out} was not written by 'bicsnet demo'; refusing to delete it")
         shutil.rmtree(out)
-    data_dir = out / "data"
     t0 = time.perf_counter()
-    train_args = build_parser().parse_args(
-        [
-            "train", "--task", "detection", "--model", preset["model"], "--img-size", str(preset["img_size"]),
-            "--epochs", str(preset["epochs"]), "--batch-size", str(preset["batch_size"]), "--lr", str(preset["lr"]),
-            "--warmup-epochs", "1", "--schedule", "step", "--ema", str(preset["ema"]), "--synth-dir", str(data_dir),
-            "--synth-train", str(preset["synth_train"]), "--synth-val", str(preset["synth_val"]),
-            "--synth-size", str(preset["img_size"]), "--workers", str(args.workers), "--device", device.type,
-            "--out", str(out), "--log-every", "10",
-        ]
-    )  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     (out / "demo.json").write_text(json.dumps({"preset": preset, "device": device.type}, indent=2))
-    metrics = train_from_args(train_args)
+    result = api.train(demo_config(preset, out, device.type, args.workers))
+    metrics = result.metrics
     train_s = time.perf_counter() - t0
-    val_images = sorted((data_dir / "coco" / "val").glob("*"))[:6]
-    pics = predict_images(out / "model.safetensors", val_images, out / "predictions", device, score_thresh=0.4)
+    val_images = sorted((out / "data" / "coco" / "val").glob("*"))[:6]
+    preds = api.predict(result.weights, val_images, out=out / "predictions", device=device.type, score_thresh=0.4)
+    pics = api.prediction_files(out / "predictions", preds)
     summary = {
         "model": preset["model"],
         "device": device.type,
@@ -89,7 +96,7 @@ def run_demo(args: argparse.Namespace) -> int:
             "detections": str(out / "detections.json"),
             "loss_curve": str(out / "loss_curve.png"),
             "predictions": sorted(str(p) for p in pics if p.suffix == ".png"),
-            "weights": str(out / "model.safetensors"),
+            "weights": str(result.weights),
         },
     }
     (out / "demo.json").write_text(json.dumps({"preset": preset, **summary}, indent=2))

@@ -50,7 +50,7 @@ def check_export(checkpoint: Path, onnx_path: Path, tolerance: float) -> float:
     import torch
 
     from ..tools.export import OnnxModel, export_module
-    from ..recipes import load_checkpoint_model
+    from ..models import load_checkpoint_model
 
     model, meta = load_checkpoint_model(checkpoint, "cpu")
     ort = OnnxModel(onnx_path)

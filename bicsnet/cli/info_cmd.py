@@ -4,8 +4,11 @@ from __future__ import annotations
 import argparse
 import json
 
+from torch import nn
+
 from ..errors import ConfigError
-from ..models import TASKS, create_model, default_input_size, get_entry, list_models
+from ..models import create_model, default_input_size, get_entry, list_models
+from ..tasks import TASKS, get_task
 from .common import parse_override
 
 __all__ = ["register"]
@@ -20,9 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("flops", help="count multiply-adds and parameters of one model")
     p.add_argument("--model", required=True)
-    p.add_argument("--task", default="detection", choices=TASKS)
+    p.add_argument("--task", default="detection", choices=list(TASKS))
     p.add_argument("--img-size", type=int, nargs="+", default=None, help="N or H W (default: Table I's size)")
-    p.add_argument("--num-classes", type=int, default=None, help="default: 80 detection, 1000 classification, 21 segmentation")
+    p.add_argument("--num-classes", type=int, default=None, help="default: the task's paper dataset's (COCO 80, VOC 21, ImageNet 1000)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="model override, e.g. width_mult=0.5")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run_flops)
@@ -31,9 +34,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="bicsnet_48")
     p.add_argument("--out", required=True, help="output file (.png, .svg or .pdf)")
     p.set_defaults(func=run_draw)
-
-
-DEFAULT_CLASSES = {"detection": 80, "instance": 80, "classification": 1000, "segmentation": 21, "backbone": None}
 
 
 def _fmt(v: object, nd: int = 1) -> str:
@@ -69,13 +69,13 @@ def run_info(args: argparse.Namespace) -> int:
         e = get_entry(args.model)
         size = e.input_size
         bb = build_meta(args.model, "backbone")
-        det = build_meta(args.model, "detection", 80)
+        det = build_meta(args.model, "detection", get_task("detection").default_classes)
         info = {
             "model": e.name,
             "description": e.description,
             "input_size": size,
-            "anchor_scale": e.anchor_scale,
-            "backbone": bb.config.to_dict() if hasattr(bb, "config") and hasattr(bb.config, "to_dict") else None,
+            "anchor_scale": _anchor_scale(det),
+            "backbone": e.config.to_dict() if hasattr(e.config, "to_dict") else None,
             "outputs": {k: {"channels": v.channels, "stride": v.stride} for k, v in bb.output_shape().items()},
             "size_divisibility": bb.size_divisibility,
             "backbone_params_m": round(count_params(bb) / 1e6, 3),
@@ -98,6 +98,15 @@ def run_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _anchor_scale(detector: nn.Module) -> float | None:
+    """Base anchor size of the finest level over its stride (V-A1: 3, or 4 for BiCSNet-140); ``None`` without anchors."""
+    generator = getattr(detector, "anchor_generator", None)
+    strides = getattr(detector.backbone, "strides", None)
+    if generator is None or not strides:
+        return None
+    return generator.sizes[0][0] / strides[detector.backbone.out_features[0]]
+
+
 def run_flops(args: argparse.Namespace) -> int:
     from ..tools.flops import count_params, model_macs
     import torch
@@ -107,8 +116,9 @@ def run_flops(args: argparse.Namespace) -> int:
     if len(size) not in (1, 2) or min(size) < 1:
         raise ConfigError(f"--img-size expects N or H W with positive values, got {size}")
     hw = (size[0], size[0]) if len(size) == 1 else (size[0], size[1])
-    nc = args.num_classes if args.num_classes is not None else DEFAULT_CLASSES[args.task]
-    if args.task in ("detection", "instance"):
+    task = get_task(args.task)
+    nc = args.num_classes if args.num_classes is not None else task.default_classes
+    if task.uses_img_size:  # the model resizes its input: make it keep the counted size
         overrides.setdefault("img_size", max(hw))
     with torch.device("meta"):
         model = create_model(args.model, args.task, nc, **overrides)
@@ -125,9 +135,8 @@ def run_draw(args: argparse.Namespace) -> int:
     from ..tools.draw import draw_topology
 
     e = get_entry(args.model)
-    if e.builder is not None and "topology_config" not in e.extra:
+    if not hasattr(e.config, "specs"):  # baselines: not built from the topology tables
         raise ConfigError(f"--model {args.model}: no drawable topology table")
-    cfg = e.extra.get("topology_config", e.backbone)
-    path = draw_topology(cfg, args.out, f"{e.name}: {e.description}")
+    path = draw_topology(e.config, args.out, f"{e.name}: {e.description}")
     print(f"wrote {path}")
     return 0

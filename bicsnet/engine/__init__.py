@@ -21,15 +21,25 @@ from .checkpoint import (
     save_training_state,
 )
 from .distributed import get_rank, get_world_size, init_distributed, is_main_process, shutdown_distributed
+from .hooks import (
+    BestCheckpoint,
+    EarlyStopping,
+    HookBase,
+    LRSchedule,
+    PeriodicCheckpoint,
+    PeriodicEval,
+    PeriodicLogger,
+)
 from .schedule import build_scheduler, lr_factor
-from .tasks import ClassificationTask, DetectionTask, EvalResult, SegmentationTask, Task, build_task
+from .adapters import ClassificationTask, DetectionTask, EvalResult, SegmentationTask, Task
 from .trainer import TrainConfig, Trainer, evaluate_model, write_eval_outputs
 
 __all__ = [
     "CheckpointSet", "LoadReport", "RunCheckpointer", "load_backbone_weights", "load_model", "load_state_into",
     "load_training_state", "read_model_meta", "save_model", "save_training_state",
     "get_rank", "get_world_size", "init_distributed", "is_main_process", "shutdown_distributed",
+    "BestCheckpoint", "EarlyStopping", "HookBase", "LRSchedule", "PeriodicCheckpoint", "PeriodicEval", "PeriodicLogger",
     "build_scheduler", "lr_factor",
-    "ClassificationTask", "DetectionTask", "EvalResult", "SegmentationTask", "Task", "build_task",
+    "ClassificationTask", "DetectionTask", "EvalResult", "SegmentationTask", "Task",
     "TrainConfig", "Trainer", "evaluate_model", "write_eval_outputs",
 ]  # fmt: skip

@@ -30,7 +30,12 @@ Outputs in ``OUT`` (rank 0 only): ``config.json``, ``log.csv`` (one row every
 ``log_every`` steps), ``eval_log.jsonl`` (periodic evaluations),
 ``checkpoints/`` (see :mod:`bicsnet.engine.checkpoint`), and at the end
 ``model.safetensors`` (EMA weights when EMA is on), ``metrics.json`` and any
-evaluation artifacts such as ``detections.json``.
+evaluation artifacts such as ``detections.json``; with ``best_metric``,
+``model_best.safetensors`` and ``best.json``.
+
+The loop itself only runs optimisation steps; logging, the LR schedule,
+evaluation, checkpoints, early stopping and best-model tracking are hooks
+(:mod:`bicsnet.engine.hooks`).
 """
 from __future__ import annotations
 
@@ -42,7 +47,7 @@ import time
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -51,7 +56,7 @@ from tqdm import tqdm
 
 from ..errors import BicsnetError, CheckpointError, ConfigError
 from ..io import atomic_write_json
-from .checkpoint import RunCheckpointer, load_model, load_state_into, load_training_state, save_model
+from .checkpoint import RunCheckpointer, load_model, load_state_into, load_training_state
 from .distributed import (
     ResumableDistributedSampler,
     all_gather_objects,
@@ -65,7 +70,17 @@ from .distributed import (
     wrap_ddp,
 )
 from .ema import ModelEma
-from .runlog import CsvLog, JsonlLog, TensorBoardLog, flatten_metrics
+from .hooks import (
+    METRIC_MODES,
+    BestCheckpoint,
+    EarlyStopping,
+    HookBase,
+    LRSchedule,
+    PeriodicCheckpoint,
+    PeriodicEval,
+    PeriodicLogger,
+)
+from .runlog import CsvLog, JsonlLog, TensorBoardLog
 from .schedule import PAPER_STEP_MILESTONES, SCHEDULES, build_scheduler
 from .seeding import (
     EpochIndexSampler,
@@ -76,9 +91,12 @@ from .seeding import (
     restore_rng_state,
     seed_everything,
 )
-from .tasks import EvalResult, Task, build_task
+from .adapters import EvalResult, Task
 
-__all__ = ["TrainConfig", "Trainer", "parameter_groups", "evaluate_model", "evaluation_loader", "write_eval_outputs"]
+__all__ = [
+    "TrainConfig", "Trainer", "StepResult", "parameter_groups", "evaluate_model", "evaluation_loader",
+    "write_eval_outputs",
+]  # fmt: skip
 
 NAN_POLICIES = ("stop", "skip")
 AMP_DTYPES = ("bfloat16", "float16")
@@ -86,7 +104,8 @@ AMP_DTYPES = ("bfloat16", "float16")
 _TRAJECTORY_KEYS = (
     "epochs", "batch_size", "lr", "lr_reference_batch", "momentum", "weight_decay", "warmup_epochs",
     "warmup_steps", "warmup_max_fraction", "schedule", "step_milestones", "step_gamma", "min_lr_ratio", "grad_clip", "amp",
-    "amp_dtype", "ema_decay", "seed", "max_steps", "label_smoothing",
+    "amp_dtype", "ema_decay", "seed", "max_steps", "label_smoothing", "early_stopping_metric",
+    "early_stopping_patience", "early_stopping_min_delta",
 )  # fmt: skip
 
 
@@ -129,10 +148,18 @@ class TrainConfig:
         label_smoothing: classification label smoothing.
         tensorboard: also log to ``OUT/tb`` if TensorBoard is installed.
         find_unused_parameters: DDP option for models with branches unused in some steps.
+        early_stopping_metric: stop when this evaluation metric (a dotted path
+            such as ``"bbox.AP50"``, ``"mIoU"`` or ``"top1"``) has not improved for
+            ``early_stopping_patience`` evaluations (``None``: never stop early).
+        early_stopping_patience: evaluations without improvement before stopping.
+        early_stopping_min_delta: an improvement must exceed this.
+        best_metric: keep the weights of the best evaluation by this metric in
+            ``OUT/model_best.safetensors`` (``None``: off).
+        metric_mode: ``"max"`` or ``"min"``: which way the two metrics above improve.
     """
 
     epochs: int = 350
-    batch_size: int = 16
+    batch_size: int = 8
     lr: float = 0.08
     lr_reference_batch: int | None = None
     momentum: float = 0.9
@@ -149,8 +176,8 @@ class TrainConfig:
     amp_dtype: str = "bfloat16"
     ema_decay: float | None = None
     log_every: int = 20
-    ckpt_every_steps: int = 1000
-    eval_every_epochs: int = 1
+    ckpt_every_steps: int = 500
+    eval_every_epochs: int = 0
     seed: int = 0
     deterministic: bool = False
     nan_policy: str = "stop"
@@ -161,6 +188,11 @@ class TrainConfig:
     label_smoothing: float = 0.0
     tensorboard: bool = True
     find_unused_parameters: bool = False
+    early_stopping_metric: str | None = None
+    early_stopping_patience: int = 5
+    early_stopping_min_delta: float = 0.0
+    best_metric: str | None = None
+    metric_mode: str = "max"
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -193,7 +225,15 @@ class TrainConfig:
             ("num_workers", self.num_workers >= 0, "must be >= 0"),
             ("max_steps", self.max_steps is None or self.max_steps >= 1, "must be >= 1 (or None)"),
             ("label_smoothing", 0 <= self.label_smoothing < 1, "must be in [0, 1)"),
+            ("early_stopping_patience", self.early_stopping_patience >= 1, "must be >= 1"),
+            ("early_stopping_min_delta", self.early_stopping_min_delta >= 0, "must be >= 0"),
+            ("metric_mode", self.metric_mode in METRIC_MODES, f"must be one of {', '.join(METRIC_MODES)}"),
         ]
+        checks += [
+            (name, getattr(self, name) is None or self.eval_every_epochs >= 1,
+             "needs evaluations during training: eval_every_epochs must be >= 1 (it is 0)")
+            for name in ("early_stopping_metric", "best_metric")
+        ]  # fmt: skip
         for name, ok, why in checks:
             if not ok:
                 raise ConfigError(f"training option {name}={getattr(self, name)!r}: {why}")
@@ -258,6 +298,25 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, An
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def _adapter(task: str, num_classes: int | None = None, label_smoothing: float = 0.0) -> Task:
+    """The engine adapter of a task named in the task table (:mod:`bicsnet.tasks`)."""
+    from ..tasks import get_task  # the table sits above the engine
+
+    spec = get_task(task)
+    if spec.adapter is None:
+        raise ConfigError(f"task {task!r} cannot be trained or evaluated")
+    return spec.adapter(num_classes=num_classes, label_smoothing=label_smoothing)
+
+
+@dataclass
+class StepResult:
+    """What one optimisation step did, for the hooks (``Trainer.step_result``)."""
+
+    lr: float  # the learning rate the step used
+    terms: dict[str, float] | None  # loss terms, None if the step was skipped (nan_policy="skip")
+    images: int  # images in the global batch
+
+
 class Trainer:
     """Train and evaluate a model for one task, with checkpoints and exact resume.
 
@@ -281,6 +340,13 @@ class Trainer:
             ``metrics.json`` in ``OUT`` is an error, so a run is never
             overwritten by accident (logs of a run that died before its first
             checkpoint are replaced).
+        hooks: extra :class:`~bicsnet.engine.hooks.HookBase` hooks, called after
+            the default ones (built from ``config``, see :mod:`bicsnet.engine.hooks`).
+
+    Attributes read by hooks: ``step``, ``total_steps``, ``steps_per_epoch``,
+    ``step_result`` (the last :class:`StepResult`), ``eval_result`` /
+    ``eval_step`` (the newest evaluation and its step), ``saved_step`` (the step
+    of the newest checkpoint), ``stop_requested`` (set it to end training).
     """
 
     def __init__(
@@ -293,6 +359,7 @@ class Trainer:
         collate_fn: Callable | None = None,
         meta: Mapping[str, Any] | None = None,
         resume: bool | str = False,
+        hooks: Sequence[HookBase] = (),
     ) -> None:
         self.config = config
         self.meta = dict(meta or {})
@@ -304,7 +371,7 @@ class Trainer:
         self.rank, self.world_size = get_rank(), get_world_size()
         self.is_main = self.rank == 0
         self.out_dir = Path(config.out_dir)
-        self.task = task if isinstance(task, Task) else build_task(
+        self.task = task if isinstance(task, Task) else _adapter(
             task, num_classes=self.meta.get("num_classes"), label_smoothing=config.label_smoothing
         )
         self.train_dataset, self.val_dataset, self.collate_fn = train_dataset, val_dataset, collate_fn
@@ -338,8 +405,14 @@ class Trainer:
 
         self.checkpointer = RunCheckpointer(self.out_dir / "checkpoints")
         self.last_checkpoint: Path | None = None
-        self._saved_step = -1  # step of the newest checkpoint on disk
+        self.saved_step = -1  # step of the newest checkpoint on disk
         self._start_time = time.perf_counter()
+        self.stop_requested = False
+        self.step_result: StepResult | None = None
+        self.eval_result: EvalResult | None = None
+        self.eval_step = -1
+        self.progress_bar: tqdm | None = None
+        self.hooks: list[HookBase] = self._default_hooks() + list(hooks)
         self.csv_log = CsvLog(self.out_dir / "log.csv")
         self.eval_log = JsonlLog(self.out_dir / "eval_log.jsonl")
         if resume == "auto":
@@ -392,7 +465,7 @@ class Trainer:
         warmup = cfg.warmup_steps if cfg.warmup_steps is not None else round(cfg.warmup_epochs * self.steps_per_epoch)
         self.warmup_steps = min(warmup, int(cfg.warmup_max_fraction * self.total_steps))
         if self.warmup_steps < warmup and self.is_main:
-            self._log(
+            self.log(
                 f"warm-up of {warmup} steps capped to {self.warmup_steps} "
                 f"(warmup_max_fraction={cfg.warmup_max_fraction:g} of {self.total_steps} steps)"
             )
@@ -415,9 +488,48 @@ class Trainer:
             generator=torch.Generator().manual_seed(cfg.seed),
         )
 
-    def _log(self, message: str) -> None:
+    def _default_hooks(self) -> list[HookBase]:
+        cfg = self.config
+        hooks: list[HookBase] = [LRSchedule(), PeriodicLogger(cfg.log_every), PeriodicEval(cfg.eval_every_epochs)]
+        if cfg.early_stopping_metric is not None:
+            hooks.append(EarlyStopping(cfg.early_stopping_metric, cfg.early_stopping_patience, cfg.metric_mode,
+                                       cfg.early_stopping_min_delta))  # fmt: skip
+        if cfg.best_metric is not None:
+            hooks.append(BestCheckpoint(cfg.best_metric, cfg.metric_mode))
+        # Last: the checkpoint of an epoch end then holds what the hooks above made of it.
+        return hooks + [PeriodicCheckpoint(cfg.ckpt_every_steps)]
+
+    def _named_hooks(self) -> list[tuple[str, HookBase]]:
+        """Hooks by class name (numbered when repeated): stable when other hooks are added or removed on resume."""
+        seen: dict[str, int] = {}
+        named = []
+        for hook in self.hooks:
+            name = type(hook).__name__
+            seen[name] = seen.get(name, 0) + 1
+            named.append((name if seen[name] == 1 else f"{name}#{seen[name]}", hook))
+        return named
+
+    def _call_hooks(self, event: str) -> None:
+        for hook in self.hooks:
+            getattr(hook, event)(self)
+
+    def log(self, message: str) -> None:
+        """Print a line on the main process (above the progress bar)."""
         if self.is_main:
             tqdm.write(message, file=sys.stdout)
+
+    def training_seconds(self) -> float:
+        """Seconds spent training, over every resumed part of the run."""
+        return self.elapsed + (time.perf_counter() - self._start_time)
+
+    def at_epoch_end(self) -> bool:
+        """Whether ``step`` ends an epoch or the training."""
+        return self.step % self.steps_per_epoch == 0 or self.step >= self.total_steps
+
+    @property
+    def inference_model(self) -> nn.Module:
+        """The weights that are evaluated and exported: the EMA copy when EMA is on."""
+        return self.ema.module if self.ema is not None else self.model
 
     # ------------------------------------------------------------ checkpoints
     def _training_state(self) -> dict[str, Any]:
@@ -438,8 +550,9 @@ class Trainer:
             "ema": self.ema.state_dict() if self.ema else None,
             "rng": rng,
             "skipped_steps": self.skipped_steps,
-            "elapsed": self.elapsed + (time.perf_counter() - self._start_time),
+            "elapsed": self.training_seconds(),
             "config": self.config.to_dict(),
+            "hooks": {name: state for name, hook in self._named_hooks() if (state := hook.state_dict())},
         }
 
     def save_checkpoint(self) -> None:
@@ -450,13 +563,13 @@ class Trainer:
                 self.step, self.model, self.meta, state, self.ema.module if self.ema else None
             )
             self.last_checkpoint = saved.weights
-        self._saved_step = self.step
+        self.saved_step = self.step
         barrier()
 
     def _resume(self) -> None:
         ckpt = self.checkpointer.latest()
         for problem in self.checkpointer.problems:
-            self._log(f"warning: skipped unreadable checkpoint file {problem}")
+            self.log(f"warning: skipped unreadable checkpoint file {problem}")
         if ckpt is None:
             problems = self.checkpointer.problems
             unreadable = f"; {len(problems)} unreadable file(s) skipped, e.g. {problems[0]}" if problems else ""
@@ -475,9 +588,11 @@ class Trainer:
 
         saved_config = state.get("config", {})
         current = self.config.to_dict()
-        changed = [k for k in _TRAJECTORY_KEYS if k in saved_config and saved_config[k] != current[k]]
+        # metric_mode only changes the trajectory through early stopping.
+        keys = _TRAJECTORY_KEYS + (("metric_mode",) if current["early_stopping_metric"] is not None else ())
+        changed = [k for k in keys if k in saved_config and saved_config[k] != current[k]]
         if changed:
-            self._log(
+            self.log(
                 "warning: resuming with changed options "
                 + ", ".join(f"{k}: {saved_config[k]!r} -> {current[k]!r}" for k in changed)
                 + " (the result will differ from an uninterrupted run)"
@@ -491,24 +606,28 @@ class Trainer:
             self._apply_config_hparams()
         if self.scaler.is_enabled() and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
+        hook_states = state.get("hooks", {})
+        for name, hook in self._named_hooks():
+            if name in hook_states:  # a hook added since the checkpoint starts afresh
+                hook.load_state_dict(hook_states[name])
 
         rng = state.get("rng") or []
         if len(rng) == self.world_size:
             restore_rng_state(rng[self.rank])
         else:
-            self._log(f"warning: checkpoint has RNG states of {len(rng)} process(es), not {self.world_size}; reseeding")
+            self.log(f"warning: checkpoint has RNG states of {len(rng)} process(es), not {self.world_size}; reseeding")
             seed_everything(self.config.seed + self.rank + 1_000_003 * self.step)
         sampler_state = state.get("sampler", {})
         if sampler_state.get("world_size", self.world_size) != self.world_size or sampler_state.get(
             "batch_size", self.config.batch_size
         ) != self.config.batch_size:
-            self._log("warning: world size or batch size changed since the checkpoint; the data order differs")
+            self.log("warning: world size or batch size changed since the checkpoint; the data order differs")
         if self.is_main:
             self.csv_log.truncate_after(self.step)
             self.eval_log.truncate_after(self.step)
         self.last_checkpoint = ckpt.weights
-        self._saved_step = self.step
-        self._log(f"resumed from {ckpt.weights} at step {self.step}")
+        self.saved_step = self.step
+        self.log(f"resumed from {ckpt.weights} at step {self.step}")
 
     def _apply_config_hparams(self) -> None:
         """Make the current config win over values restored from the optimiser state.
@@ -546,7 +665,7 @@ class Trainer:
                 f"{kept} (nan_policy='skip' skips such steps)"
             )
         self.skipped_steps += 1
-        self._log(f"warning: skipped step {self.step + 1} (epoch {epoch}): non-finite {what}: {detail}")
+        self.log(f"warning: skipped step {self.step + 1} (epoch {epoch}): non-finite {what}: {detail}")
 
     def _train_step(self, batch: Any) -> dict[str, float] | None:
         """One optimisation step; returns the loss terms, or ``None`` if the step was skipped."""
@@ -575,7 +694,12 @@ class Trainer:
         return terms
 
     def fit(self) -> dict[str, Any]:
-        """Train to the end (or ``max_steps``), save ``model.safetensors``, evaluate; return the final metrics."""
+        """Train to the end (or ``max_steps``, or until a hook stops it); return the final metrics.
+
+        The loop runs the optimisation steps and calls the hooks (see
+        :mod:`bicsnet.engine.hooks`), which log, step the LR schedule, evaluate,
+        checkpoint, and at the end save ``model.safetensors`` and evaluate.
+        """
         if self.train_loader is None or self.train_sampler is None or self.scheduler is None:
             raise ConfigError("fit() needs a training dataset")
         cfg = self.config
@@ -583,99 +707,37 @@ class Trainer:
         if self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_json(self.out_dir / "config.json", {"train": cfg.to_dict(), "meta": self.meta})
-        self._log(
+        self.log(
             f"training {self.total_steps} steps ({self.steps_per_epoch}/epoch) on {self.world_size} process(es), "
             f"device {self.device}, global batch {cfg.batch_size * self.world_size}, lr {self.lr:g}"
         )
-        bar = tqdm(
+        self.progress_bar = tqdm(
             total=self.total_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
             disable=not (self.is_main and sys.stderr.isatty()),
         )  # fmt: skip
-        window: dict[str, float] = {}
-        window_steps, window_images, window_start = 0, 0, time.perf_counter()
         try:
-            while self.step < self.total_steps:
+            self._call_hooks("before_train")
+            while self.step < self.total_steps and not self.stop_requested:
                 epoch, position = divmod(self.step, self.steps_per_epoch)
                 self.train_sampler.set_epoch(epoch)
                 self.train_sampler.set_start_index(position * cfg.batch_size)
                 for batch in self.train_loader:
                     lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
                     terms = self._train_step(batch)
-                    self.scheduler.step()
                     self.step += 1
-                    bar.update(1)
-                    window_images += self.task.batch_size(batch) * self.world_size
-                    if terms is not None:
-                        window_steps += 1
-                        window["loss"] = window.get("loss", 0.0) + sum(terms.values())
-                        for k, v in terms.items():
-                            window[k] = window.get(k, 0.0) + v
-                    if self.step % cfg.log_every == 0 or self.step == self.total_steps:
-                        now = time.perf_counter()
-                        self._write_log_row(window, window_steps, window_images / max(now - window_start, 1e-9), lr, bar)
-                        window, window_steps, window_images, window_start = {}, 0, 0, now
-                    if cfg.ckpt_every_steps and self.step % cfg.ckpt_every_steps == 0:
-                        self.save_checkpoint()
-                    if self.step >= self.total_steps:
+                    self.progress_bar.update(1)
+                    self.step_result = StepResult(lr, terms, self.task.batch_size(batch) * self.world_size)
+                    self._call_hooks("after_step")
+                    if self.step >= self.total_steps or self.stop_requested:
                         break
-                if self.step % self.steps_per_epoch == 0 or self.step >= self.total_steps:
-                    if self._saved_step != self.step:
-                        self.save_checkpoint()
-                    done_epochs = self.step // self.steps_per_epoch
-                    if (
-                        cfg.eval_every_epochs
-                        and self.val_dataset is not None
-                        and self.step < self.total_steps
-                        and done_epochs % cfg.eval_every_epochs == 0
-                    ):
-                        result = self.evaluate()
-                        self._record_eval(result, final=False)
+                if self.at_epoch_end():
+                    self._call_hooks("after_epoch")
+            self._call_hooks("after_train")
         finally:
-            bar.close()
-        if self._saved_step != self.step:
-            self.save_checkpoint()
-
-        final_model = self.ema.module if self.ema is not None else self.model
-        if self.is_main:
-            save_model(self.out_dir / "model.safetensors", final_model, self.meta)
-        metrics: dict[str, Any] = {}
-        if self.val_dataset is not None:
-            result = self.evaluate()
-            self._record_eval(result, final=True)
-            metrics = result.metrics
+            self.progress_bar.close()
         self.tb.close()
         barrier()
-        return metrics
-
-    def _write_log_row(
-        self, window: Mapping[str, float], steps: int, images_per_s: float, lr: float, bar: tqdm
-    ) -> None:
-        """Log the window's mean loss terms (averaged over ranks: collective under torchrun)."""
-        means = {k: v / steps for k, v in sorted(window.items())} if steps else {}
-        if is_distributed() and means:
-            # Skips are decided jointly, so every rank has the same keys here.
-            values = torch.tensor(list(means.values()), dtype=torch.float64, device=self.device)
-            torch.distributed.all_reduce(values)
-            means = dict(zip(means, (values / self.world_size).tolist()))
-        if not self.is_main:
-            return
-        if "loss" in means:
-            means = {"loss": means.pop("loss"), **means}
-        row: dict[str, Any] = {"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 4), "lr": lr}
-        row.update(means)
-        row.update({"img_s": images_per_s, "skipped": self.skipped_steps,
-                    "time": self.elapsed + time.perf_counter() - self._start_time})  # fmt: skip
-        self.csv_log.append(row)
-        self.tb.scalars({k: v for k, v in row.items() if k not in ("step", "epoch")}, self.step)
-        loss_text = f"{means['loss']:.4f}" if "loss" in means else "n/a"
-        bar.set_postfix(loss=loss_text, lr=f"{lr:.3g}", img_s=f"{images_per_s:.1f}")
-        if bar.disable:
-            terms = " ".join(f"{k} {v:.4f}" for k, v in means.items() if k != "loss")
-            print(
-                f"step {self.step}/{self.total_steps} epoch {row['epoch']:.2f} loss {loss_text} ({terms}) "
-                f"lr {lr:.4g} {images_per_s:.1f} img/s",
-                flush=True,
-            )
+        return self.eval_result.metrics if self.eval_result is not None else {}
 
     # ------------------------------------------------------------- evaluation
     def evaluate(self) -> EvalResult:
@@ -686,23 +748,11 @@ class Trainer:
         """
         if self.val_dataset is None:
             raise ConfigError("evaluate() needs a validation dataset")
-        model = self.ema.module if self.ema is not None else self.model
         with preserve_rng():
             return evaluate_model(
-                model, self.task, self.val_dataset, self.config.batch_size, self.collate_fn,
+                self.inference_model, self.task, self.val_dataset, self.config.batch_size, self.collate_fn,
                 self.config.num_workers, self.device,
             )  # fmt: skip
-
-    def _record_eval(self, result: EvalResult, final: bool) -> None:
-        if not self.is_main:
-            return
-        epoch = self.step / self.steps_per_epoch if self.steps_per_epoch else 0.0
-        self.eval_log.append({"step": self.step, "epoch": round(epoch, 4), "metrics": result.metrics})
-        self.tb.scalars(flatten_metrics(result.metrics), self.step, prefix="val/")
-        summary = " ".join(f"{k} {v:.4f}" for k, v in flatten_metrics(result.metrics).items() if "per_class" not in k)
-        self._log(f"eval at step {self.step}: {summary}")
-        if final:
-            write_eval_outputs(self.out_dir, result)
 
 
 def evaluation_loader(
@@ -736,7 +786,7 @@ def evaluate_model(
     """
     device = init_distributed(device) if isinstance(device, str) else device
     if not isinstance(task, Task):
-        task = build_task(task, num_classes=num_classes)
+        task = _adapter(task, num_classes=num_classes)
     model = unwrap_model(model).to(device)
     loader = evaluation_loader(dataset, batch_size, collate_fn, num_workers, pin_memory=device.type == "cuda")
     return task.evaluate(model, loader, device, dataset)

@@ -12,21 +12,27 @@ scratch, and nothing is downloaded).
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Any
 
 import torch
 from torch import nn
-from torchvision.models import resnet34, resnet50
+from torchvision.models import resnet34 as resnet34_tv
+from torchvision.models import resnet50 as resnet50_tv
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
-from torchvision.models.segmentation import deeplabv3_resnet50
+from torchvision.models.segmentation import deeplabv3_resnet50 as deeplabv3_resnet50_tv
 
+from ..arch.backbone import PyramidBackbone
+from ..errors import ConfigError
+from .factory import task_model
 from .heads import Normalize
+from .registry import register_model
 
-__all__ = ["ResNetFPNBackbone", "ImageModel", "build_retinanet_resnet50_fpn", "build_deeplabv3_resnet50", "build_resnet"]
+__all__ = ["ResNetFPNBackbone", "ImageModel"]
 
 
-class ResNetFPNBackbone(nn.Module):
-    """torchvision's ResNet-50-FPN with P6/P7, exposing BiCSNet's backbone contract."""
+class ResNetFPNBackbone(PyramidBackbone):
+    """torchvision's ResNet-50-FPN with P6/P7, exposing BiCSNet's backbone contract (P3..P7, 256 wide)."""
 
     def __init__(self, norm: str = "bn") -> None:
         super().__init__()
@@ -36,13 +42,7 @@ class ResNetFPNBackbone(nn.Module):
             backbone_name="resnet50", weights=None, trainable_layers=5, returned_layers=[2, 3, 4],
             extra_blocks=LastLevelP6P7(256, 256), **kw,
         )  # fmt: skip
-        self.out_channels = self.body.out_channels
-        self.strides = {f"p{lvl}": 2**lvl for lvl in range(3, 8)}
-        self.size_divisibility = 128
-
-    @property
-    def out_features(self) -> list[str]:
-        return list(self.strides)
+        self._declare_outputs(range(3, 8), self.body.out_channels, 128)
 
     def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
         feats = self.body(x)
@@ -63,20 +63,39 @@ class ImageModel(nn.Module):
         return out[self.output_key] if self.output_key else out
 
 
-def build_retinanet_resnet50_fpn(num_classes: int, img_size: int = 640, **kw: object) -> nn.Module:
+def _no_options(name: str, options: dict[str, Any]) -> None:
+    if options:
+        raise ConfigError(f"option(s) {', '.join(sorted(options))} do not apply to baseline {name}")
+
+
+@register_model(
+    input_size=640, tasks=("detection",),
+    description="baseline: torchvision ResNet-50-FPN in the same RetinaNet (no pretrained weights)",
+)  # fmt: skip
+def retinanet_resnet50_fpn(task: str, num_classes: int | None = None, **options: Any) -> nn.Module:
     """ResNet-50-FPN RetinaNet with BiCSNet's detection recipe (anchor scale 4 = torchvision's 32..512)."""
-    from .detection import BiCSNetRetinaNet
-
-    kw.setdefault("anchor_scale", 4.0)
-    return BiCSNetRetinaNet(ResNetFPNBackbone(), num_classes, img_size, **kw)
+    return task_model(task, ResNetFPNBackbone(), num_classes, options, {"img_size": 640, "anchor_scale": 4.0})
 
 
-def build_deeplabv3_resnet50(num_classes: int) -> nn.Module:
+@register_model(
+    input_size=512, tasks=("segmentation",),
+    description="baseline: torchvision DeepLabv3-ResNet50 (no pretrained weights)",
+)  # fmt: skip
+def deeplabv3_resnet50(task: str, num_classes: int | None = None, **options: Any) -> nn.Module:
     """torchvision DeepLabv3-ResNet50 (dilated, output stride 8), no auxiliary head."""
-    return ImageModel(deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=False), "out")
+    _no_options("deeplabv3_resnet50", options)
+    return ImageModel(deeplabv3_resnet50_tv(weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=False), "out")
 
 
-def build_resnet(depth: int, num_classes: int) -> nn.Module:
-    """torchvision ResNet-34 / ResNet-50 classifier."""
-    fn = {34: resnet34, 50: resnet50}[depth]
-    return ImageModel(fn(weights=None, num_classes=num_classes))
+@register_model(input_size=224, tasks=("classification",), description="baseline: torchvision ResNet-34 (no pretrained weights)")
+def resnet34(task: str, num_classes: int | None = None, **options: Any) -> nn.Module:
+    """torchvision ResNet-34 classifier."""
+    _no_options("resnet34", options)
+    return ImageModel(resnet34_tv(weights=None, num_classes=num_classes))
+
+
+@register_model(input_size=224, tasks=("classification",), description="baseline: torchvision ResNet-50 (no pretrained weights)")
+def resnet50(task: str, num_classes: int | None = None, **options: Any) -> nn.Module:
+    """torchvision ResNet-50 classifier."""
+    _no_options("resnet50", options)
+    return ImageModel(resnet50_tv(weights=None, num_classes=num_classes))

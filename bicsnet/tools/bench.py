@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import gc
 import json
 import os
@@ -48,15 +49,20 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils._pytree import tree_map_only
 
 from ..errors import ConfigError
+from ..models.heads import IMAGENET_MEAN, IMAGENET_STD
+from ..tasks import TASKS, BenchIO, TaskSpec
 from .fastpath import apply_fast_path, autocast_context, parse_fast, prepare_input
 
 __all__ = [
     "ModelSpec",
     "PAIRS",
+    "TORCHVISION_INPUT_SIZE",
+    "bench_task_names",
+    "default_model_spec",
     "pair_names",
     "pair_specs",
     "build_model",
@@ -67,9 +73,10 @@ __all__ = [
 ]
 
 TV_PREFIX = "tv:"
-BENCH_TASKS = ("detection", "segmentation", "classification")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: Input size (pixels) of a ``tv:`` model for a task whose table entry gives
+#: none (detection): COCO at 640, the size of the paper's BiCSNet-48 (Table I).
+TORCHVISION_INPUT_SIZE = 640
 
 #: Targets of the performance issue: network latency ratio <= 1.1 x FLOPs ratio,
 #: training memory per image no more than the baseline's.
@@ -78,7 +85,11 @@ TARGETS = {"net_latency_vs_flops": 1.1, "train_mem_per_image": 1.0}
 
 @dataclass
 class ModelSpec:
-    """What to build: a registered name, or ``tv:<torchvision builder>`` (no weights)."""
+    """What to build: a registered name, or ``tv:<torchvision builder>`` (no weights).
+
+    ``img_size`` is the side S of the square network input in pixels;
+    ``overrides`` are ``create_model`` options (``tv:``: ``get_model`` keyword arguments).
+    """
 
     name: str
     task: str
@@ -91,31 +102,65 @@ class ModelSpec:
         return self.name.startswith(TV_PREFIX)
 
 
+def bench_task_names() -> list[str]:
+    """The tasks ``bicsnet bench`` measures (those with a :class:`~bicsnet.tasks.BenchIO`), in table order."""
+    return [n for n, t in TASKS.items() if t.bench is not None]
+
+
+def _bench_task(name: str) -> tuple[TaskSpec, BenchIO]:
+    """The task's spec and its benchmark workload.
+
+    Raises:
+        ConfigError: an unknown task, or one the benchmark does not measure.
+    """
+    spec = TASKS.get(name)
+    if spec is None or spec.bench is None:
+        raise ConfigError(f"bench supports tasks {', '.join(bench_task_names())}, not {name!r}")
+    return spec, spec.bench
+
+
+def default_model_spec(name: str, task: str) -> ModelSpec:
+    """``name`` benchmarked for ``task`` with the task's defaults.
+
+    Input size: the task's (segmentation 512, classification 224), else the
+    model's own (Table I; :data:`TORCHVISION_INPUT_SIZE` for ``tv:`` models);
+    classes: the paper's dataset's (COCO 80, VOC 21, ImageNet 1000).
+
+    Raises:
+        ConfigError: an unknown or unbenchmarked task, or an unknown registered model.
+    """
+    spec, _ = _bench_task(task)
+    if name.startswith(TV_PREFIX):
+        own = TORCHVISION_INPUT_SIZE
+    else:
+        from ..models import default_input_size
+
+        own = default_input_size(name)
+    return ModelSpec(name, task, spec.default_size(own), int(spec.default_classes or 1))
+
+
 def _lite_names() -> list[str]:
     from ..models import list_models
 
-    return [n for n in list_models("bicsnet_lite")]
+    return list_models("bicsnet_lite")
+
+
+def _pair(model: str, baseline: str, task: str, size: int, baseline_size: int | None = None) -> tuple[ModelSpec, ModelSpec]:
+    """(model, baseline) at ``size`` (the baseline at ``baseline_size`` if given), the task's paper class count."""
+    k = int(TASKS[task].default_classes or 1)
+    return ModelSpec(model, task, size, k), ModelSpec(baseline, task, baseline_size or size, k)
 
 
 #: Named pairs: (model, baseline). Sizes are the paper's; classes COCO 80 / VOC 21 / ImageNet 1000.
 PAIRS: dict[str, tuple[ModelSpec, ModelSpec]] = {
-    "retinanet-48s": (
-        ModelSpec("bicsnet_48s", "detection", 640, 80),
-        ModelSpec("tv:retinanet_resnet50_fpn", "detection", 640, 80),
-    ),
-    "retinanet-48": (
-        ModelSpec("bicsnet_48", "detection", 640, 80),
-        ModelSpec("tv:retinanet_resnet50_fpn", "detection", 640, 80),
-    ),
-    "seg-48": (
-        ModelSpec("bicsnet_48", "segmentation", 512, 21),
-        ModelSpec("tv:deeplabv3_resnet50", "segmentation", 512, 21),
-    ),
-    "cls-48": (
-        ModelSpec("bicsnet_48", "classification", 224, 1000),
-        ModelSpec("tv:resnet50", "classification", 224, 1000),
-    ),
+    "retinanet-48s": _pair("bicsnet_48s", "tv:retinanet_resnet50_fpn", "detection", 640),
+    "retinanet-48": _pair("bicsnet_48", "tv:retinanet_resnet50_fpn", "detection", 640),
+    "seg-48": _pair("bicsnet_48", "tv:deeplabv3_resnet50", "segmentation", 512),
+    "cls-48": _pair("bicsnet_48", "tv:resnet50", "classification", 224),
 }
+
+#: Baseline of every lite pair (its fixed input size): Table VII's on-device detector class.
+_LITE_BASELINE = ("tv:ssdlite320_mobilenet_v3_large", 320)
 
 
 def pair_names() -> list[str]:
@@ -124,7 +169,11 @@ def pair_names() -> list[str]:
 
 
 def pair_specs(name: str) -> tuple[ModelSpec, ModelSpec]:
-    """The (model, baseline) specs of a named pair (copies; safe to edit)."""
+    """The (model, baseline) specs of a named pair (copies; safe to edit).
+
+    Raises:
+        ConfigError: an unknown pair, listing the known ones.
+    """
     if name in PAIRS:
         a, b = PAIRS[name]
         return ModelSpec(**asdict(a)), ModelSpec(**asdict(b))
@@ -132,10 +181,7 @@ def pair_specs(name: str) -> tuple[ModelSpec, ModelSpec]:
     if name.startswith("lite") and lite in _lite_names():
         from ..models import default_input_size
 
-        return (
-            ModelSpec(lite, "detection", default_input_size(lite), 80),
-            ModelSpec("tv:ssdlite320_mobilenet_v3_large", "detection", 320, 80),
-        )
+        return _pair(lite, _LITE_BASELINE[0], "detection", default_input_size(lite), _LITE_BASELINE[1])
     raise ConfigError(f"unknown pair {name!r}; choose one of {', '.join(pair_names())}")
 
 
@@ -148,46 +194,46 @@ def _build_torchvision(spec: ModelSpec, score_thresh: float | None) -> nn.Module
     name = spec.name[len(TV_PREFIX):]
     if name not in list_models():
         raise ConfigError(f"{spec.name}: torchvision has no model {name!r}")
-    k, s = spec.num_classes, spec.img_size
-    kw: dict[str, Any] = {"weights": None}
-    if spec.task == "detection":
-        kw["weights_backbone"] = None
-        # SSD counts the background class; RetinaNet / FCOS do not.
-        kw["num_classes"] = k + 1 if name.startswith("ssd") else k
-        if not name.startswith("ssd"):  # SSD(lite) has a fixed input size of its own
-            kw.update(min_size=s, max_size=s)
-        if score_thresh is not None:
-            kw["score_thresh"] = score_thresh
-    elif spec.task == "segmentation":
-        kw.update(weights_backbone=None, num_classes=k, aux_loss=False)
-    else:
-        kw["num_classes"] = k
+    _, io = _bench_task(spec.task)
+    kw: dict[str, Any] = {"weights": None, **io.torchvision_options(name, spec.num_classes, spec.img_size, score_thresh)}
     kw.update(spec.overrides)
     return get_model(name, **kw)
 
 
 def build_model(spec: ModelSpec, score_thresh: float | None = None) -> nn.Module:
-    """Build ``spec`` in eval mode with fresh (random) weights."""
-    if spec.task not in BENCH_TASKS:
-        raise ConfigError(f"bench supports tasks {', '.join(BENCH_TASKS)}, not {spec.task!r}")
+    """Build ``spec`` in eval mode with fresh (random) weights.
+
+    ``score_thresh`` (``None``: the model's default) goes to heads that take one (detectors).
+
+    Raises:
+        ConfigError: a task bench does not measure, an unknown model or option.
+    """
+    task, _ = _bench_task(spec.task)
     if spec.torchvision:
         return _build_torchvision(spec, score_thresh).eval()
     from ..models import create_model
 
     kw = dict(spec.overrides)
-    if spec.task == "detection":
+    if task.uses_img_size:  # detectors resize their input to S themselves
         kw.setdefault("img_size", spec.img_size)
-        if score_thresh is not None:
-            kw.setdefault("score_thresh", score_thresh)
+    if score_thresh is not None and "score_thresh" in task.head_options:
+        kw.setdefault("score_thresh", score_thresh)
     return create_model(spec.name, spec.task, spec.num_classes, **kw).eval()
 
 
 def _network_call(model: nn.Module, spec: ModelSpec) -> Callable[[Tensor], Any]:
-    if spec.task == "detection":
-        return lambda x: model.head(list(model.backbone(x).values()))
-    if spec.torchvision and spec.task == "segmentation":
-        return lambda x: model(x)["out"]
-    return model
+    """Backbone + head on a pre-processed (B, 3, S, S) tensor: the task table's ``network``."""
+    return functools.partial(TASKS[spec.task].network, model)
+
+
+def _compiled_parts(model: nn.Module) -> list[str] | None:
+    """What ``--fast compile`` compiles: all of the model, or only its backbone and head.
+
+    A model with its own input transform (a detector: resize, normalise, pad,
+    and NMS after the head) runs Python around backbone + head; compiling only
+    those two keeps that Python eager.
+    """
+    return ["backbone", "head"] if getattr(model, "transform", None) is not None else None
 
 
 def model_gmacs(spec: ModelSpec) -> tuple[float, float]:
@@ -207,25 +253,27 @@ def model_gmacs(spec: ModelSpec) -> tuple[float, float]:
 
 
 class Workload:
-    """Everything the benchmark runs for one model: inputs, network, end to end, training."""
+    """Everything the benchmark runs for one model: inputs, network, end to end, training.
+
+    What differs between tasks (the end-to-end image and its processing, the
+    training batch and loss) is the task table's :class:`~bicsnet.tasks.BenchIO`.
+    """
 
     def __init__(self, spec: ModelSpec, model: nn.Module, device: torch.device, batch: int, train_batch: int, seed: int = 0):
         self.spec, self.model, self.device = spec, model.to(device).eval(), device
+        _, self.io = _bench_task(spec.task)
         s, k = spec.img_size, spec.num_classes
         g = torch.Generator().manual_seed(seed)
         # Network inputs are already pre-processed (normalised), as the FLOPs count them.
         self.x1 = torch.randn(1, 3, s, s, generator=g).to(device)
         self.xb = torch.randn(batch, 3, s, s, generator=g).to(device)
         self.batch, self.train_batch = batch, train_batch
-        if spec.task == "detection":
-            self.image = torch.randint(0, 256, (3, s * 3 // 4, s), dtype=torch.uint8, generator=g)
-        elif spec.task == "segmentation":
-            self.image = torch.randint(0, 256, (3, s * 3 // 4, s), dtype=torch.uint8, generator=g)
-        else:  # resize the short side to 256/224 x S and centre-crop S, as classification_eval_transforms
-            self.image = torch.randint(0, 256, (3, s * 8 // 7, s * 3 // 2), dtype=torch.uint8, generator=g)
-        self._train_data = self._make_train_batch(g)
-        self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-        self.std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+        self.image = self.io.image(s, g)
+        self._train_data = self.io.train_batch(train_batch, s, k, g)
+        mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+        # Ours normalise inside the model; torchvision's classifiers and segmenters take normalised input.
+        self.normalize: Callable[[Tensor], Tensor] = (lambda x: (x - mean) / std) if spec.torchvision else (lambda x: x)
 
     # ----- network only
     def network_fn(self, model: nn.Module | None = None, channels_last: bool = False, amp: str | None = None) -> Callable[[Tensor], Any]:
@@ -240,73 +288,24 @@ class Workload:
 
     # ----- end to end
     def e2e(self) -> Any:
-        spec, dev = self.spec, self.device
+        """Batch 1: the uint8 image through pre-processing, the network and post-processing."""
         with torch.inference_mode():
-            img = self.image.to(dev)
-            if spec.task == "detection":
-                # The detector's own transform resizes the long side to S, normalises and pads.
-                dets = self.model([img.float().div_(255)])
-                return [{k: v.cpu() for k, v in d.items()} for d in dets]
-            if spec.task == "segmentation":
-                x = img.float().div_(255)[None]
-                if spec.torchvision:
-                    x = (x - self.mean) / self.std
-                out = _network_call(self.model, spec)(x)
-                return out.argmax(1).to(torch.uint8).cpu()
-            from torchvision.transforms.v2 import functional as TF
-
-            s = spec.img_size
-            x = TF.center_crop(TF.resize(img, [s * 256 // 224], antialias=True), [s, s])
-            x = x.float().div_(255)[None]
-            if spec.torchvision:
-                x = (x - self.mean) / self.std
-            return self.model(x).softmax(-1).topk(5)[1].cpu()
+            return self.io.e2e(self.model, self.image.to(self.device), self.spec.img_size, self.normalize)
 
     # ----- training
-    def _make_train_batch(self, g: torch.Generator) -> Any:
-        spec, b, s, k = self.spec, self.train_batch, self.spec.img_size, self.spec.num_classes
-        images = torch.rand(b, 3, s, s, generator=g)
-        if spec.task == "detection":
-            targets = []
-            for _ in range(b):
-                xy = torch.rand(4, 2, generator=g) * s * 0.6
-                wh = torch.rand(4, 2, generator=g) * s * 0.35 + 8
-                boxes = torch.cat([xy, xy + wh], 1).clamp(max=s - 1)
-                # 1..K-1 is valid for every detector (ours 1..K, RetinaNet < K, SSD 1..K).
-                labels = torch.randint(1, max(2, k), (4,), generator=g)
-                targets.append({"boxes": boxes, "labels": labels})
-            return list(images), targets
-        if spec.task == "segmentation":
-            return images, torch.randint(0, k, (b, s, s), generator=g)
-        return images, torch.randint(0, k, (b,), generator=g)
-
-    def _train_inputs(self) -> Any:
-        dev = self.device
-        images, targets = self._train_data
-        if self.spec.task == "detection":
-            return [i.to(dev) for i in images], [{kk: v.to(dev) for kk, v in t.items()} for t in targets]
-        return images.to(dev), targets.to(dev)
-
     def make_train_step(self) -> Callable[[], float]:
         """A closure running one SGD step on a training copy of the model."""
         import copy
 
         model = copy.deepcopy(self.model).train()
         opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
-        spec = self.spec
-        images, targets = self._train_inputs()
+        # Any nesting of tensors in lists, tuples and dicts (a detector's images and per-image targets).
+        images, targets = tree_map_only(Tensor, lambda t: t.to(self.device), self._train_data)
+        loss_fn, normalize = self.io.loss, self.normalize
 
         def step() -> float:
             opt.zero_grad(set_to_none=True)
-            if spec.task == "detection":
-                loss = sum(model(images, targets).values())
-            else:
-                x = images
-                if spec.torchvision:
-                    x = (x - self.mean) / self.std
-                out = model(x)
-                out = out["out"] if isinstance(out, dict) else out
-                loss = F.cross_entropy(out, targets)
+            loss = loss_fn(model, images, targets, normalize)
             loss.backward()
             opt.step()
             return float(loss.detach())
@@ -456,14 +455,15 @@ def _onnx_latency(works: Sequence[Workload], warmup: int, iters: int) -> list[fl
     """onnxruntime latency of each model's network-only graph (backbone + head raw outputs)."""
     import warnings
 
-    from .export import NetworkOnly, OnnxModel, quiet_stdout
+    from ..models.wrappers import NetworkOnly
+    from .export import OnnxModel, quiet_stdout
 
     runners: list[Callable[[], Any] | None] = []
     with tempfile.TemporaryDirectory(prefix="bicsnet-bench-onnx-") as tmp:
         for i, w in enumerate(works):
             path = Path(tmp) / f"m{i}.onnx"
             try:
-                net = NetworkOnly(w.model.cpu(), w.spec.task).eval()
+                net = NetworkOnly(w.model.cpu(), TASKS[w.spec.task].network).eval()
                 x = w.x1.cpu()
                 with warnings.catch_warnings(), torch.no_grad(), quiet_stdout():
                     warnings.simplefilter("ignore")
@@ -545,8 +545,7 @@ def run_bench(
             cl = "channels_last" in transforms
             fns = []
             for w in works:
-                sub = ["backbone", "head"] if w.spec.task == "detection" else None
-                fm = apply_fast_path(w.model, transforms, sub) if transforms else w.model
+                fm = apply_fast_path(w.model, transforms, _compiled_parts(w.model)) if transforms else w.model
                 fns.append(lambda w=w, fm=fm: w.network_fn(fm, cl, amp)(w.x1))
             ts = time_alternating(fns, max(warmup, 2 if "compile" in transforms else warmup), iters, device)
             for role, t in zip(roles, ts):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -18,20 +19,42 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import FancyArrowPatch  # noqa: E402
 
-from ..arch.backbone import BiCSNetConfig  # noqa: E402
+from ..arch.specs import STEM_SOURCE  # noqa: E402
 from ..errors import ConfigError  # noqa: E402
 from ..io import atomic_save  # noqa: E402
-from ..arch.specs import STEM_SOURCE  # noqa: E402
 
-__all__ = ["EDGE_COLOURS", "draw_topology"]
+__all__ = ["EDGE_COLOURS", "STEM_LABELS", "draw_topology", "stem_label"]
 
 EDGE_COLOURS = {"main": "black", "gap": "#e6b800", "skip": "#2ca02c", "long_range_gap": "#1f77b4"}
 PART_COLOURS = {"stem": "#dddddd", "down": "#fdd0a2", "down2": "#fdae6b", "up": "#c7e9c0", "end": "#c6dbef"}
 BLOCK_MARKERS = {"bottleneck": ("s", 9), "residual": ("D", 8), "mbconv": ("h", 10)}  # lite models: MBConv
+#: Stem labels by the config's ``stem`` field: ResNet-50's 7x7/2 conv (+ max-pool), the lite 3x3/2 conv.
+STEM_LABELS = {"resnet": "7x7 conv", "lite": "3x3/2 conv"}
 
 
-def draw_topology(config: BiCSNetConfig, path: str | os.PathLike, title: str | None = None) -> Path:
-    """Draw ``config``'s block graph to ``path`` (.png or .svg), atomically."""
+def stem_label(config: Any) -> str:
+    """How the stem is labelled: the config's ``stem_label`` if it has one, else from its ``stem`` field.
+
+    Configs are read through ``getattr`` with defaults, so any config with a
+    ``specs()`` table draws (one without ``stem`` has BiCSNet's ResNet stem).
+    """
+    label = getattr(config, "stem_label", None)
+    if label:
+        return str(label)
+    stem = getattr(config, "stem", "resnet")
+    return STEM_LABELS.get(stem, f"{stem} stem")
+
+
+def draw_topology(config: Any, path: str | os.PathLike, title: str | None = None) -> Path:
+    """Draw ``config``'s block graph to ``path`` (.png, .svg or .pdf), atomically.
+
+    ``config`` is a backbone configuration with a ``specs()`` table of
+    :class:`~bicsnet.arch.specs.BlockSpec` rows and a ``topology`` name (a
+    :class:`~bicsnet.arch.backbone.BiCSNetConfig`; the registry entry's ``config``).
+
+    Raises:
+        ConfigError: ``path`` is not a .png, .svg or .pdf file name.
+    """
     path = Path(path)
     if path.suffix.lower() not in (".png", ".svg", ".pdf"):
         raise ConfigError(f"--out {path}: use a .png, .svg or .pdf file name")
@@ -58,12 +81,12 @@ def draw_topology(config: BiCSNetConfig, path: str | os.PathLike, title: str | N
                    linewidths=2.5 if s.output else 1, zorder=2)
         ax.annotate(s.name, (x, y), textcoords="offset points", xytext=(0, -20), ha="center", fontsize=7)
     ax.scatter([0], [1], s=300, marker="o", c="white", edgecolors="black", zorder=2)
-    ax.annotate(getattr(config, "stem_label", "7x7 conv"), (0, 1), textcoords="offset points", xytext=(0, -18), ha="center", fontsize=7)
+    ax.annotate(stem_label(config), (0, 1), textcoords="offset points", xytext=(0, -18), ha="center", fontsize=7)
     ax.set_yticks(range(1, 8), [f"L{lvl}" for lvl in range(1, 8)])
     ax.set_ylim(8.2, 0.4)
     ax.set_xlim(-0.7, len(specs) + 0.7)
     ax.set_xticks([])
-    ax.set_title(title or f"{config.topology} topology")
+    ax.set_title(title or f"{getattr(config, 'topology', 'bicsnet')} topology")
     handles = [Line2D([], [], color=c, lw=2, label=k.replace("_", "-")) for k, c in EDGE_COLOURS.items()]
     for block in sorted({s.block for s in specs}):
         m, ms = BLOCK_MARKERS.get(block, ("o", 9))

@@ -38,18 +38,16 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
 from torchvision.ops import boxes as box_ops
 
 from ..errors import ConfigError
+from ..tasks import TASKS, get_task
 
 __all__ = [
-    "EXPORT_TASKS",
-    "NetworkOnly",
-    "DetectionExportModule",
     "export_module",
     "export_onnx",
     "export_checkpoint",
@@ -60,31 +58,12 @@ __all__ = [
     "quiet_stdout",
 ]
 
-EXPORT_TASKS = ("backbone", "classification", "segmentation", "detection")
 _META_PREFIX = "bicsnet."
-
-
-class NetworkOnly(nn.Module):
-    """The part of a model FLOPs are counted on: backbone + task head, a tuple of tensors out.
-
-    Detection models (ours, torchvision's RetinaNet / SSD / SSDlite) return
-    the head's raw outputs (``bbox_regression``, ``cls_logits``); a dict
-    output (torchvision segmenters) gives its ``out``.
-    """
-
-    def __init__(self, model: nn.Module, task: str) -> None:
-        super().__init__()
-        self.model = model
-        self.task = task
-
-    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
-        if self.task == "detection":
-            out = self.model.head(list(self.model.backbone(x).values()))
-            return tuple(out[k] for k in sorted(out))
-        out = self.model(x)
-        if isinstance(out, dict):
-            return tuple(out.values()) if self.task == "backbone" else (out["out"],)
-        return (out,)
+#: Metadata keys :class:`OnnxDetector` reads: pre-processing, anchors, NMS (written by :func:`detection_metadata`).
+_DETECTOR_KEYS = (
+    "img_size", "size_divisible", "image_mean", "image_std", "anchors_per_location", "strides",
+    "score_thresh", "nms_thresh", "topk_candidates", "detections_per_img",
+)  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -102,74 +81,45 @@ def quiet_stdout() -> Iterator[None]:
             lg.setLevel(lv)
 
 
-def _anchors_for(feature: Tensor, stride: int, cell: Tensor) -> Tensor:
-    """torchvision's ``AnchorGenerator.grid_anchors`` for one level, shape-symbolic."""
-    h, w = feature.shape[-2:]
-    shifts_x = torch.arange(w, device=feature.device, dtype=torch.int32).to(cell.dtype) * stride
-    shifts_y = torch.arange(h, device=feature.device, dtype=torch.int32).to(cell.dtype) * stride
-    sy, sx = torch.meshgrid(shifts_y, shifts_x, indexing="ij")
-    sx, sy = sx.reshape(-1), sy.reshape(-1)
-    shifts = torch.stack((sx, sy, sx, sy), dim=1)
-    return (shifts.view(-1, 1, 4) + cell.view(1, -1, 4)).reshape(-1, 4)
+def _exporter(task: str) -> Callable[[nn.Module], tuple[nn.Module, list[str], list[str]]]:
+    """The task table's ``export`` of ``task``.
 
-
-class DetectionExportModule(nn.Module):
-    """RetinaNet without NMS: pre-processed images -> (boxes, scores) for every anchor.
-
-    Anchors are computed from the feature shapes inside the graph (same
-    formula as torchvision's ``AnchorGenerator``; with inputs padded to 128
-    the stride of level ``l`` is exactly ``2^l``), and decoded with the
-    model's own ``BoxCoder``. Boxes are not clipped: clipping needs each
-    image's size before padding, which :func:`postprocess_detections` has.
+    Raises:
+        ConfigError: an unknown task, or one that is not exportable (Mask R-CNN).
     """
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        if not (hasattr(model, "backbone") and hasattr(model, "head") and hasattr(model, "anchor_generator")):
-            raise ConfigError("detection export needs a RetinaNet-style model (backbone, head, anchor_generator)")
-        self.backbone = model.backbone
-        self.head = model.head
-        self.box_coder = model.box_coder
-        strides = getattr(model.backbone, "strides", None)
-        if not strides:
-            raise ConfigError("detection export needs a backbone that declares its strides")
-        self.strides = [int(s) for s in strides.values()]
-        cells = model.anchor_generator.cell_anchors
-        if not cells:
-            cells = model.anchor_generator.generate_anchors(model.anchor_generator.sizes, model.anchor_generator.aspect_ratios)
-        for i, c in enumerate(cells):
-            self.register_buffer(f"cell_anchors_{i}", c.detach().clone().float(), persistent=False)
-        self.num_levels = len(self.strides)
-
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        feats = list(self.backbone(images).values())
-        out = self.head(feats)
-        anchors = torch.cat(
-            [_anchors_for(f, s, getattr(self, f"cell_anchors_{i}")) for i, (f, s) in enumerate(zip(feats, self.strides))]
-        )
-        reg = out["bbox_regression"]
-        b = reg.shape[0]
-        boxes = self.box_coder.decode_single(reg.reshape(-1, 4), anchors.repeat(b, 1)).reshape(b, -1, 4)
-        return boxes, torch.sigmoid(out["cls_logits"])
+    spec = get_task(task)
+    if spec.export is None:
+        exportable = ", ".join(n for n, t in TASKS.items() if t.export is not None)
+        raise ConfigError(f"export supports tasks {exportable}, not {task!r}")
+    return spec.export
 
 
 def export_module(model: nn.Module, task: str) -> tuple[nn.Module, list[str], list[str]]:
-    """The module that goes into the graph for ``task``, with input and output names."""
-    if task not in EXPORT_TASKS:
-        raise ConfigError(f"export supports tasks {', '.join(EXPORT_TASKS)}, not {task!r} (Mask R-CNN is not exported)")
-    model = model.eval()
-    if task == "detection":
-        return DetectionExportModule(model).eval(), ["images"], ["boxes", "scores"]
-    if task == "backbone":
-        names = list(getattr(model, "out_features", [f"p{i}" for i in range(3, 8)]))
-        return NetworkOnly(model, task).eval(), ["images"], names
-    return NetworkOnly(model, task).eval(), ["images"], ["logits"]
+    """The module that goes into the graph for ``task`` (the task table's ``export``), with input and output names.
+
+    Raises:
+        ConfigError: the task is not exportable (Mask R-CNN).
+    """
+    module, inputs, outputs = _exporter(task)(model.eval())
+    return module.eval(), inputs, outputs
 
 
-def _example_input(task: str, img_size: int | tuple[int, int], batch: int, dynamic: bool) -> Tensor:
+def _input_transform(model: nn.Module) -> Any | None:
+    """The model's own pre-processing (a detector's resize, normalise, pad), ``None`` for a plain network.
+
+    Such a model is exported without it: the graph takes the transform's
+    output, and the file records what re-creating it needs (:func:`detection_metadata`).
+    """
+    return getattr(model, "transform", None)
+
+
+def _example_input(model: nn.Module, img_size: int | tuple[int, int], batch: int, dynamic: bool) -> Tensor:
+    """A random (B, 3, H, W) input in [0, 1] of the exported shape."""
     h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
-    if task == "detection":  # the transform pads to 128
-        h, w = -(-h // 128) * 128, -(-w // 128) * 128
+    transform = _input_transform(model)
+    if transform is not None:  # the graph sees padded images: sides rounded up to size_divisible (128)
+        d = int(transform.size_divisible)
+        h, w = -(-h // d) * d, -(-w // d) * d
     if dynamic:  # no size 1 (it would be specialised), and no accidental equalities
         batch = max(2, batch)
         h, w = max(h, 256), max(w, 256)
@@ -189,12 +139,16 @@ def export_onnx(
 ) -> Path:
     """Export ``model`` for ``task`` to ``out`` (ONNX, torch.export-based exporter).
 
-    Static export fixes batch and size to ``batch`` x ``img_size`` (detection:
-    rounded up to 128); ``dynamic=True`` makes batch, height and width
+    Static export fixes batch and size to ``batch`` x ``img_size`` (a model
+    that pads its input itself, a detector: rounded up to its
+    ``size_divisible``, 128); ``dynamic=True`` makes batch, height and width
     symbolic. ``metadata`` is stored as ``bicsnet.<key>`` metadata props.
+
+    Raises:
+        ConfigError: the task is not exportable, or the ``export`` extra is missing.
     """
     module, in_names, out_names = export_module(model, task)
-    x = _example_input(task, img_size, batch, dynamic)
+    x = _example_input(model, img_size, batch, dynamic)
     kwargs: dict[str, Any] = {"input_names": in_names, "output_names": out_names, "dynamo": True, "verbose": False}
     if opset is not None:
         kwargs["opset_version"] = opset
@@ -268,14 +222,23 @@ def export_checkpoint(
     batch: int = 1,
     opset: int | None = None,
 ) -> Path:
-    """Rebuild a trained model from its ``model.safetensors`` and export it to ONNX."""
-    from ..recipes import load_checkpoint_model
+    """Rebuild a trained model from its ``model.safetensors`` and export it to ONNX.
+
+    The file's metadata: the model description and class names; for a model
+    that pre-processes its input itself (a detector) also :func:`detection_metadata`.
+
+    Raises:
+        CheckpointError: an unreadable checkpoint.
+        ConfigError: the task is not exportable, or the ``export`` extra is missing.
+    """
+    from ..models import load_checkpoint_model
 
     model, meta = load_checkpoint_model(checkpoint, "cpu")
     task = meta["task"]
+    _exporter(task)  # refuse before reading settings an unexportable model may not have
     size = int(img_size or meta.get("img_size") or 224)
     extra: dict[str, Any] = {"model": meta.get("model"), "class_names": list(meta.get("class_names", []))}
-    if task == "detection":
+    if _input_transform(model) is not None:
         extra.update(detection_metadata(model, meta))
     return export_onnx(model, task, out, size, dynamic=dynamic, batch=batch, opset=opset, metadata=extra)
 
@@ -369,8 +332,8 @@ class OnnxDetector:
 
         self.net = OnnxModel(path, threads)
         m = self.net.meta
-        if m.get("task") != "detection":
-            raise ConfigError(f"{path}: not a detection export (task {m.get('task')!r})")
+        if not _is_detector(m):
+            raise ConfigError(f"{path}: not a detection export (task {m.get('task')!r}, no detection metadata)")
         self.transform: GeneralizedRCNNTransform = DetectionTransform(int(m["img_size"]), int(m["size_divisible"]))
         self.transform.image_mean, self.transform.image_std = list(m["image_mean"]), list(m["image_std"])
         self.transform.eval()
@@ -393,9 +356,14 @@ class OnnxDetector:
         return self.transform.postprocess(dets, batch.image_sizes, original)
 
 
+def _is_detector(meta: dict[str, Any]) -> bool:
+    """Whether a file's metadata holds what :class:`OnnxDetector` needs (:func:`detection_metadata`)."""
+    return all(k in meta for k in _DETECTOR_KEYS)
+
+
 def load_onnx(path: str | os.PathLike, threads: int | None = None) -> OnnxModel | OnnxDetector:
-    """The right runner for an exported file (detector or plain network)."""
+    """The right runner for an exported file: a detector where it has detection metadata, else the plain network."""
     net = OnnxModel(path, threads)
-    if net.meta.get("task") == "detection":
+    if _is_detector(net.meta):
         return OnnxDetector(path, threads)
     return net

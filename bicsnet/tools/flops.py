@@ -16,7 +16,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..models import create_model, list_models
+from ..models import create_model, default_input_size, list_models
+from ..tasks import get_task
 
 __all__ = ["PaperRow", "PAPER_ROWS", "count_macs", "count_params", "model_macs", "paper_comparison"]
 
@@ -74,30 +75,6 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _network_fn(model: nn.Module, task: str, x: torch.Tensor, proposals: int = 1000, masks: int = 100) -> Callable[[], object]:
-    """The network part of ``model`` for counting: backbone + task head, no pre/post-processing."""
-    if task in ("backbone", "classification", "segmentation"):
-        return lambda: model(x)
-    feats = model.backbone(x)
-    levels = list(feats.values())
-    if task == "detection":
-        return lambda: (model.backbone(x), model.head(levels))
-    # Mask R-CNN: RPN head on every level, box head on the test-time proposals
-    # (Table III: 1000), mask head on the kept detections (100).
-    c = model.backbone.out_channels
-    roi_box = x.new_empty((proposals, c, 7, 7))
-    roi_mask = x.new_empty((masks, c, 14, 14))
-    heads = model.roi_heads
-
-    def fn() -> object:
-        model.backbone(x)
-        model.rpn.head(levels)
-        heads.box_predictor(heads.box_head(roi_box))
-        return heads.mask_predictor(heads.mask_head(roi_mask))
-
-    return fn
-
-
 def model_macs(model: nn.Module, task: str, img_size: int | tuple[int, int]) -> float:
     """Multiply-adds of ``model`` (built on any device) for one image, on the meta device."""
     h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
@@ -105,7 +82,7 @@ def model_macs(model: nn.Module, task: str, img_size: int | tuple[int, int]) -> 
     with torch.device("meta"):
         x = torch.empty(1, 3, h, w)
     with torch.no_grad():
-        return count_macs(_network_fn(model, task, x))
+        return count_macs(lambda: get_task(task).network(model, x))
 
 
 def build_meta(name: str, task: str, num_classes: int | None = None, **overrides: object) -> nn.Module:
@@ -116,15 +93,13 @@ def build_meta(name: str, task: str, num_classes: int | None = None, **overrides
 
 def paper_comparison(rows: tuple[PaperRow, ...] = PAPER_ROWS) -> list[dict[str, object]]:
     """For every paper row whose model is registered: paper vs ours, in B and M, and % difference."""
-    from ..models import default_input_size
-
     known = set(list_models())
     out: list[dict[str, object]] = []
     for r in rows:
         if r.model not in known:
             continue
         size = r.input_size or default_input_size(r.model)
-        kw = {"img_size": size} if r.task in ("detection", "instance") else {}
+        kw = {"img_size": size} if get_task(r.task).uses_img_size else {}
         model = build_meta(r.model, r.task, r.num_classes, **kw)
         macs = model_macs(model, r.task, size) / 1e9
         params = count_params(model) / 1e6

@@ -1,4 +1,6 @@
-"""Per-task adapters between batches, models, losses and metrics.
+"""Engine adapters: how a batch becomes losses and a loader becomes metrics, per kind of task.
+
+The task table (:mod:`bicsnet.tasks`) says which adapter each task uses.
 
 The :class:`~bicsnet.engine.trainer.Trainer` is task-agnostic: it asks a task
 for the loss terms of a batch (which it sums), for the number of images in a
@@ -31,12 +33,7 @@ __all__ = [
     "DetectionTask",
     "ClassificationTask",
     "SegmentationTask",
-    "TASK_NAMES",
-    "build_task",
 ]
-
-TASK_NAMES = ("detection", "instance", "classification", "segmentation")
-
 
 @dataclass
 class EvalResult:
@@ -236,21 +233,3 @@ class SegmentationTask(Task):
         if is_distributed():
             metric.all_reduce()
         return EvalResult(dict(metric.compute()))
-
-
-def build_task(
-    name: str,
-    num_classes: int | None = None,
-    label_smoothing: float = 0.0,
-    ignore_index: int = 255,
-) -> Task:
-    """Task adapter by name: ``detection``, ``instance``, ``classification`` or ``segmentation``."""
-    if name == "detection":
-        return DetectionTask(with_masks=False)
-    if name == "instance":
-        return DetectionTask(with_masks=True)
-    if name == "classification":
-        return ClassificationTask(label_smoothing=label_smoothing)
-    if name == "segmentation":
-        return SegmentationTask(num_classes=num_classes, ignore_index=ignore_index)
-    raise ConfigError(f"task: unknown task {name!r} (choose from {', '.join(TASK_NAMES)})")

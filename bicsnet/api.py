@@ -1,0 +1,274 @@
+"""The library's training, evaluation and prediction calls (what the CLI runs).
+
+Example (the same run as ``bicsnet train --task classification --model bicsnet_48_tiny ...``)::
+
+    import bicsnet
+
+    config = bicsnet.RunConfig(
+        model={"name": "bicsnet_48_tiny", "task": "classification", "img_size": 64},
+        data={"synth_train": 40, "synth_val": 10, "synth_size": 64},  # no paths: the synthetic set
+        train={"epochs": 2, "batch_size": 8, "lr": 0.05, "device": "cpu", "out_dir": "runs/cls"},
+    )
+    result = bicsnet.train(config)            # writes runs/cls/{config.yaml, model.safetensors, metrics.json, ...}
+    metrics = bicsnet.evaluate(result.weights)  # the checkpoint's own validation data
+    preds = bicsnet.predict(result.weights, ["photo.jpg"], out="runs/cls/pred")
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from .config import RunConfig, load_run_config
+from .data.spec import DataSpec, TaskData
+from .errors import ConfigError
+from .io import atomic_write_json
+from .models import create_model, get_entry, load_checkpoint_model, model_meta
+from .tasks import Prediction, get_task, recipe_config
+
+__all__ = ["RunResult", "train", "evaluate", "predict", "resolve_run"]
+
+
+@dataclass
+class RunResult:
+    """What :func:`train` leaves behind.
+
+    Attributes:
+        out_dir: the run directory.
+        weights: its ``model.safetensors`` (EMA weights when EMA is on).
+        metrics: the final evaluation (the content of ``metrics.json``; empty without validation data).
+        config: the resolved configuration (stored as ``config.yaml``).
+    """
+
+    out_dir: Path
+    weights: Path
+    metrics: dict[str, Any]
+    config: RunConfig
+
+
+def _as_config(config: RunConfig | Mapping[str, Any] | str | os.PathLike) -> RunConfig:
+    if isinstance(config, RunConfig):
+        return config
+    if isinstance(config, Mapping):
+        return RunConfig.from_dict(config)
+    return load_run_config(config)
+
+
+def resolve_run(config: RunConfig | Mapping[str, Any] | str | os.PathLike) -> tuple[RunConfig, TaskData]:
+    """Read the run's data and make every default explicit: ``(resolved config, data)``.
+
+    Raises:
+        ConfigError: a bad model, task, size, scale range or training option (naming it).
+        DataError: unreadable or inconsistent data (naming the file).
+    """
+    cfg = _as_config(config)
+    spec = get_task(cfg.model.task)
+    entry = get_entry(cfg.model.name)
+    size = cfg.model.img_size or spec.default_size(entry.input_size)
+    if size < 32:
+        raise ConfigError(f"img_size {size}: must be at least 32")
+    lo, hi = cfg.data.scale_range
+    if not 0 < lo <= hi:
+        raise ConfigError(f"scale_range {lo} {hi}: need 0 < LO <= HI")
+    if cfg.model.bn_momentum is not None and not 0 < cfg.model.bn_momentum <= 1:
+        raise ConfigError(f"bn_momentum {cfg.model.bn_momentum}: must be in (0, 1]")
+    cfg.train_config({})  # bad training options fail before the data is read
+    data = spec.load_data(cfg.data, size, train=True, scale_range=(lo, hi))
+    train = cfg.train_config(recipe_config(spec.name, len(data.train)))  # type: ignore[arg-type]
+    resolved = RunConfig(dataclasses.replace(cfg.model, img_size=size), cfg.data, train.to_dict())
+    return resolved, data
+
+
+def train(
+    config: RunConfig | Mapping[str, Any] | str | os.PathLike, *, resume: bool | str = False, hooks: Sequence[Any] = ()
+) -> RunResult:
+    """Train the run ``config`` describes (a :class:`RunConfig`, its dict, or a YAML file).
+
+    Writes into ``train.out_dir``: ``config.yaml`` (resolved), ``log.csv``,
+    ``loss_curve.png``, checkpoints, ``model.safetensors``, ``metrics.json``
+    and evaluation artifacts. ``resume``: continue from the run's last
+    checkpoint (``"auto"``: if there is one). ``hooks``: extra trainer hooks.
+
+    Raises:
+        ConfigError, DataError, CheckpointError: bad configuration, data or weights (naming the option or file).
+    """
+    from .engine.checkpoint import load_backbone_weights
+    from .engine.seeding import seed_everything
+    from .engine.trainer import Trainer
+
+    cfg, data = resolve_run(config)
+    task = cfg.model.task
+    train_cfg = cfg.train_config({})
+    options = dict(cfg.model.options)
+    if get_task(task).uses_img_size:
+        options.setdefault("img_size", cfg.model.img_size)
+    seed_everything(train_cfg.seed)  # the initial weights follow the seed too (the same on every rank)
+    model = create_model(cfg.model.name, task, data.num_classes, **options)
+    if cfg.model.backbone_weights:
+        report = load_backbone_weights(model, cfg.model.backbone_weights)
+        print(f"backbone_weights: {report.summary()}")
+    if cfg.model.bn_momentum is not None:
+        _set_bn_momentum(model, cfg.model.bn_momentum)
+    meta = model_meta(model, task, int(cfg.model.img_size or 0), data)
+    trainer = Trainer(model, task, data.train, data.val, train_cfg, data.collate, meta=meta, resume=resume, hooks=list(hooks))
+    out = Path(train_cfg.out_dir)
+    if trainer.is_main:
+        cfg.save(out / "config.yaml")
+    _warn_short_bn(model, trainer)
+    metrics = trainer.fit()
+    if trainer.is_main:
+        _warn_skipped(data)
+        _plot_log(out)
+    return RunResult(out, out / "model.safetensors", metrics, cfg)
+
+
+def evaluate(
+    checkpoint: str | os.PathLike,
+    data: DataSpec | Mapping[str, Any] | None = None,
+    *,
+    out: str | os.PathLike | None = None,
+    batch_size: int = 4,
+    workers: int = 2,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Evaluate a weights file (or run directory) on ``data`` (default: the synthetic set it was trained on).
+
+    Writes ``metrics.json`` (and ``detections.json`` for detectors) into ``out`` when given.
+
+    Raises:
+        ConfigError: the data's classes or category ids differ from the model's.
+        CheckpointError, DataError: unreadable weights or data (naming the file).
+    """
+    from .engine.distributed import resolve_device
+    from .engine.trainer import TrainConfig, Trainer, write_eval_outputs
+
+    dev = resolve_device(device)
+    model, meta = load_checkpoint_model(checkpoint, dev)
+    spec = get_task(meta["task"])
+    if data is None:
+        data = DataSpec.from_synthetic_meta(meta.get("synthetic"))
+    elif isinstance(data, Mapping):
+        data = DataSpec(**data)
+    task_data = spec.load_data(data, int(meta.get("img_size", 224)), train=False)
+    if task_data.num_classes != meta.get("num_classes"):
+        raise ConfigError(f"{checkpoint}: model has {meta.get('num_classes')} classes, the evaluation data {task_data.num_classes}")
+    if "cat_ids" in meta and task_data.extra_meta.get("cat_ids") != meta["cat_ids"]:
+        raise ConfigError(f"{checkpoint}: category ids {meta['cat_ids']} differ from the data's {task_data.extra_meta.get('cat_ids')}")
+    cfg = TrainConfig(batch_size=batch_size, num_workers=workers, device=str(dev), out_dir=str(out or "."), tensorboard=False)
+    trainer = Trainer(model, spec.name, None, task_data.val, cfg, task_data.collate, meta=meta)
+    result = trainer.evaluate()
+    if trainer.is_main:
+        _warn_skipped(task_data)
+        if out is not None:
+            write_eval_outputs(out, result)
+    return result.metrics
+
+
+@torch.no_grad()
+def predict(
+    checkpoint: str | os.PathLike,
+    inputs: Sequence[str | os.PathLike],
+    *,
+    out: str | os.PathLike | None = None,
+    score_thresh: float = 0.3,
+    device: str = "auto",
+) -> list[Prediction]:
+    """Run a weights file on image files; one :class:`~bicsnet.tasks.Prediction` per input.
+
+    With ``out``, writes ``OUT/<stem>.json`` and the drawn ``OUT/<stem>.png``
+    (segmentation also ``OUT/<stem>_mask.png``, a palette PNG of class indices).
+    Every image is read before anything is written.
+
+    Raises:
+        DataError: an unreadable image (naming the file).
+    """
+    from .data import load_image
+    from .engine.distributed import resolve_device
+    from .viz import save_image
+
+    dev = resolve_device(device)
+    model, meta = load_checkpoint_model(checkpoint, dev)
+    spec = get_task(meta["task"])
+    if spec.predict is None:
+        raise ConfigError(f"task {spec.name!r} has no predictor")
+    loaded = [(Path(p), load_image(p)) for p in inputs]
+    results: list[Prediction] = []
+    for path, img in loaded:
+        pred = spec.predict(model, img.to(dev), meta, score_thresh)
+        pred.record = {"image": str(path), "height": img.shape[-2], "width": img.shape[-1], "task": spec.name, **pred.record}
+        if out is not None:
+            out_dir = Path(out)
+            if pred.mask is not None:
+                pred.record["mask_png"] = f"{path.stem}_mask.png"
+                save_image(pred.mask, out_dir / pred.record["mask_png"])
+            atomic_write_json(out_dir / f"{path.stem}.json", pred.record)
+            if pred.picture is not None:
+                save_image(pred.picture, out_dir / f"{path.stem}.png")
+        results.append(pred)
+    return results
+
+
+def prediction_files(out: str | os.PathLike, predictions: Sequence[Prediction]) -> list[Path]:
+    """The files :func:`predict` wrote into ``out`` for ``predictions``, in order."""
+    files: list[Path] = []
+    for p in predictions:
+        stem = Path(p.record["image"]).stem
+        if p.mask is not None:
+            files.append(Path(out) / f"{stem}_mask.png")
+        files.append(Path(out) / f"{stem}.json")
+        if p.picture is not None:
+            files.append(Path(out) / f"{stem}.png")
+    return files
+
+
+def _warn_skipped(data: TaskData) -> None:
+    """Repeat at the end of a run the counts of bad records skipped when the data was loaded."""
+    for ds in (data.train, data.val):
+        skipped, dropped = getattr(ds, "skipped", None) or [], getattr(ds, "dropped_boxes", None) or []
+        if skipped or dropped:
+            logging.getLogger("bicsnet.data").warning(
+                "%s: skipped %d bad annotation record(s) and dropped %d degenerate box(es), named when it was loaded",
+                getattr(ds, "ann_file", "dataset"), len(skipped), len(dropped),
+            )
+
+
+def _set_bn_momentum(model: torch.nn.Module, momentum: float) -> None:
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    for m in model.modules():
+        if isinstance(m, _BatchNorm):
+            m.momentum = momentum
+
+
+def _warn_short_bn(model: torch.nn.Module, trainer: Any) -> None:
+    """Say so when the run is too short for the BN running statistics to forget their initial values."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    momenta = [m.momentum for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats and m.momentum]
+    if trainer.is_main and momenta and trainer.total_steps:
+        left = (1 - min(momenta)) ** trainer.total_steps  # weight of the initial statistics at the end
+        if left > 0.05:
+            print(
+                f"warning: BatchNorm momentum {min(momenta):g} over {trainer.total_steps} steps leaves "
+                f"{left:.0%} of the initial running statistics, so evaluation will be poor; "
+                f"pass --bn-momentum {min(1.0, max(0.1, round(3 / trainer.total_steps, 2))):g} for a short run",
+                flush=True,
+            )
+
+
+def _plot_log(out: Path) -> None:
+    from .viz import plot_loss_curve
+
+    log = out / "log.csv"
+    if not log.exists():
+        return
+    with open(log, newline="") as f:
+        rows = [{k: float(v) for k, v in r.items() if v not in ("", None)} for r in csv.DictReader(f)]
+    if rows:
+        plot_loss_curve(rows, out / "loss_curve.png")

@@ -1,0 +1,173 @@
+"""EfficientDet-style separable box and class subnets of the lite detectors (Section V-E).
+
+The convolutions are depthwise-separable and shared by every pyramid level,
+with a norm layer per level (statistics differ per level), as EfficientDet's
+box/class nets. Focal loss and labels 1..K come from
+:class:`~bicsnet.models.detection.FocalLossClassificationHead`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torchvision.models.detection import _utils as det_utils
+from torchvision.models.detection.retinanet import RetinaNetHead, RetinaNetRegressionHead
+
+from ..arch.layers import make_act
+from .detection import FocalLossClassificationHead, head_norm_layer, retinanet_anchor_generator
+
+__all__ = ["SeparableConv", "SeparableClassificationHead", "SeparableRegressionHead", "SeparableRetinaNetHead", "build_lite_head"]
+
+
+
+
+def _head_norm(kind: str, channels: int) -> nn.Module:
+    layer = head_norm_layer(kind)  # the same bn / gn / none choice as the RetinaNet subnets
+    return nn.Identity() if layer is None else layer(channels)
+
+
+class SeparableConv(nn.Sequential):
+    """Depthwise 3x3 + pointwise 1x1 (EfficientDet's SeparableConv2d)."""
+
+    def __init__(self, in_ch: int, out_ch: int, bias: bool = False) -> None:
+        super().__init__(
+            nn.Conv2d(in_ch, in_ch, 3, padding=1, groups=in_ch, bias=False),
+            nn.Conv2d(in_ch, out_ch, 1, bias=bias),
+        )
+
+
+class _SeparableSubnet(nn.Module):
+    """``num_layers`` x (separable conv, norm, act) shared across levels, then a separable predictor.
+
+    As EfficientDet's box/class nets: the convolutions are shared by every
+    level, each level has its own norm layers (statistics differ per level).
+    """
+
+    def __init__(
+        self, in_ch: int, channels: int, num_layers: int, out_ch: int, num_levels: int, norm: str, act: str, prior_bias: float
+    ) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList([SeparableConv(in_ch if i == 0 else channels, channels) for i in range(num_layers)])
+        self.norms = nn.ModuleList(
+            [nn.ModuleList([_head_norm(norm, channels) for _ in range(num_layers)]) for _ in range(num_levels)]
+        )
+        self.act = make_act(act)
+        self.predictor = SeparableConv(channels if num_layers else in_ch, out_ch, bias=True)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.normal_(m.weight, std=0.01)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        nn.init.constant_(self.predictor[1].bias, prior_bias)
+
+    def forward(self, x: Tensor, level: int) -> Tensor:
+        norms = self.norms[level]
+        for conv, norm in zip(self.convs, norms):
+            x = self.act(norm(conv(x)))
+        return self.predictor(x)
+
+
+def _flatten(out: Tensor, per_anchor: int) -> Tensor:
+    # (N, A * K, H, W) -> (N, HWA, K), torchvision's layout.
+    n, _, h, w = out.shape
+    return out.view(n, -1, per_anchor, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, per_anchor)
+
+
+class SeparableClassificationHead(FocalLossClassificationHead):
+    """Class subnet with separable convs; focal loss (settable alpha/gamma) and 1..K labels as the base."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_anchors: int,
+        num_classes: int,
+        channels: int = 64,
+        num_layers: int = 3,
+        num_levels: int = 5,
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 1.5,
+        norm: str = "bn",
+        act: str = "swish",
+        prior_probability: float = 0.01,
+    ) -> None:
+        nn.Module.__init__(self)  # the base's 256-wide 3x3 convs are not built
+        bias = -math.log((1 - prior_probability) / prior_probability)
+        self.subnet = _SeparableSubnet(in_channels, channels, num_layers, num_anchors * num_classes, num_levels, norm, act, bias)
+        self.num_classes = num_classes
+        self.num_anchors = num_anchors
+        self.focal_alpha = focal_alpha
+        self.focal_gamma = focal_gamma
+        self.BETWEEN_THRESHOLDS = det_utils.Matcher.BETWEEN_THRESHOLDS
+
+    def forward(self, x: list[Tensor]) -> Tensor:
+        return torch.cat([_flatten(self.subnet(f, i), self.num_classes) for i, f in enumerate(x)], dim=1)
+
+
+class SeparableRegressionHead(RetinaNetRegressionHead):
+    """Box subnet with separable convs; torchvision's L1 box loss and coder."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_anchors: int,
+        channels: int = 64,
+        num_layers: int = 3,
+        num_levels: int = 5,
+        norm: str = "bn",
+        act: str = "swish",
+    ) -> None:
+        nn.Module.__init__(self)
+        self.subnet = _SeparableSubnet(in_channels, channels, num_layers, num_anchors * 4, num_levels, norm, act, 0.0)
+        self.box_coder = det_utils.BoxCoder(weights=(1.0, 1.0, 1.0, 1.0))
+        self._loss_type = "l1"
+
+    def forward(self, x: list[Tensor]) -> Tensor:
+        return torch.cat([_flatten(self.subnet(f, i), 4) for i, f in enumerate(x)], dim=1)
+
+
+class SeparableRetinaNetHead(RetinaNetHead):
+    """EfficientDet-style box and class subnets for :class:`~bicsnet.models.detection.BiCSNetRetinaNet`."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_anchors: int,
+        num_classes: int,
+        channels: int = 64,
+        num_layers: int = 3,
+        num_levels: int = 5,
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 1.5,
+        norm: str = "bn",
+        act: str = "swish",
+    ) -> None:
+        nn.Module.__init__(self)
+        self.classification_head = SeparableClassificationHead(
+            in_channels, num_anchors, num_classes, channels, num_layers, num_levels, focal_alpha, focal_gamma, norm, act
+        )
+        self.regression_head = SeparableRegressionHead(in_channels, num_anchors, channels, num_layers, num_levels, norm, act)
+
+
+def build_lite_head(
+    backbone: nn.Module,
+    num_classes: int,
+    *,
+    channels: int,
+    num_layers: int,
+    anchor_scale: float = 3.0,
+    focal_alpha: float = 0.25,
+    focal_gamma: float = 1.5,
+    head_norm: str = "bn",
+    **_: Any,
+) -> SeparableRetinaNetHead:
+    """The separable head for ``backbone``; extra detector options are ignored (they are the detector's)."""
+    strides = [backbone.strides[p] for p in backbone.out_features]
+    num_anchors = retinanet_anchor_generator(strides, anchor_scale).num_anchors_per_location()[0]
+    act = getattr(getattr(backbone, "config", None), "activation", "swish")
+    return SeparableRetinaNetHead(
+        backbone.out_channels, num_anchors, num_classes, channels, num_layers, len(strides), focal_alpha, focal_gamma, head_norm, act
+    )
+
+

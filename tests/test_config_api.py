@@ -1,0 +1,110 @@
+"""Run configurations (YAML, --set, --print-config), the library API, and the task table as the one list of tasks."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+import bicsnet
+from bicsnet.cli.main import main
+from bicsnet.config import RunConfig, load_run_config
+
+PACKAGE = Path(bicsnet.__file__).parent
+
+
+def _cli_args(tmp: Path, out: Path) -> list[str]:
+    return [
+        "train", "--task", "classification", "--model", "bicsnet_48_tiny", "--img-size", "64",
+        "--synth-dir", str(tmp / "data"), "--synth-train", "12", "--synth-val", "6", "--synth-size", "64",
+        "--epochs", "1", "--batch-size", "4", "--workers", "0", "--device", "cpu", "--deterministic",
+        "--set", "train.lr=0.05", "--set", "train.ckpt_every_steps=0", "--out", str(out),
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("cfg")
+    assert main(_cli_args(tmp, tmp / "run")) == 0
+    return tmp / "run"
+
+
+def test_run_stores_resolved_config_and_reproduces(run: Path, tmp_path: Path) -> None:
+    stored = yaml.safe_load((run / "config.yaml").read_text())
+    assert stored["model"] == {"name": "bicsnet_48_tiny", "task": "classification", "img_size": 64, "options": {},
+                               "backbone_weights": None, "bn_momentum": None}  # fmt: skip
+    # Resolved: the recipe's schedule and every TrainConfig field explicit, the --set value kept.
+    assert stored["train"]["lr"] == 0.05 and stored["train"]["schedule"] == "cosine" and stored["train"]["epochs"] == 1
+    assert stored["train"]["lr_reference_batch"] is None
+    assert main(["train", "--config", str(run / "config.yaml"), "--out", str(tmp_path / "again")]) == 0
+    a, b = load_file(run / "model.safetensors"), load_file(tmp_path / "again" / "model.safetensors")
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+
+
+def test_library_api_evaluates_and_predicts_the_run(run: Path, tmp_path: Path) -> None:
+    metrics = bicsnet.evaluate(run / "model.safetensors", out=tmp_path / "eval", workers=0, device="cpu")
+    assert metrics == yaml.safe_load((run / "metrics.json").read_text())
+    assert (tmp_path / "eval" / "metrics.json").exists()
+    image = sorted((Path(yaml.safe_load((run / "config.yaml").read_text())["data"]["synth_root"]) / "folder" / "val").rglob("*.png"))[0]
+    (pred,) = bicsnet.predict(run, [image], out=tmp_path / "pred", device="cpu")
+    assert pred.record["task"] == "classification" and len(pred.record["top5"]) == 5
+    assert (tmp_path / "pred" / f"{image.stem}.json").exists()
+
+
+def test_print_config_and_precedence(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    cfg_file = tmp_path / "run.yaml"
+    cfg_file.write_text(yaml.safe_dump({"model": {"name": "bicsnet_48_tiny", "task": "classification", "img_size": 48},
+                                        "train": {"epochs": 9, "lr": 0.3}}))  # fmt: skip
+    args = ["train", "--config", str(cfg_file), "--epochs", "2", "--set", "train.lr=0.07", "--set", "dropout=0.1",
+            "--synth-dir", str(tmp_path / "d"), "--synth-train", "8", "--synth-val", "4", "--synth-size", "48",
+            "--print-config"]  # fmt: skip
+    assert main(args) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["train"]["epochs"] == 2  # a flag beats the file
+    assert printed["train"]["lr"] == 0.07  # --set beats both
+    assert printed["model"]["img_size"] == 48 and printed["model"]["options"] == {"dropout": 0.1}
+    assert not any(tmp_path.glob("**/model.safetensors"))
+
+
+@pytest.mark.parametrize(
+    "sets,message",
+    [
+        (["train.lrr=0.1"], "unknown key train.lrr; did you mean train.lr?"),
+        (["trian.lr=0.1"], "unknown key trian; did you mean train?"),
+        (["data.synth_trian=5"], "did you mean data.synth_train?"),
+        (["train.epochs=abc"], "epochs='abc'"),
+    ],
+)
+def test_bad_keys_name_the_key_and_the_closest(sets: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
+    args = ["train", "--print-config", *[a for s in sets for a in ("--set", s)]]
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unknown_key_in_a_config_file(tmp_path: Path) -> None:
+    f = tmp_path / "bad.yaml"
+    f.write_text("model: {name: bicsnet_48, tsak: detection}\n")
+    with pytest.raises(bicsnet.ConfigError, match=r"bad.yaml: unknown key model.tsak; did you mean model.task\?"):
+        load_run_config(f)
+
+
+def test_run_config_round_trips() -> None:
+    cfg = RunConfig(model={"name": "bicsnet_48s", "task": "detection", "options": {"focal_gamma": 2.0}},
+                    data={"train_ann": "a.json", "scale_range": [0.8, 1.2]}, train={"epochs": 3})  # fmt: skip
+    again = RunConfig.from_dict(yaml.safe_load(cfg.to_yaml()))
+    assert again == cfg and again.data.scale_range == (0.8, 1.2)
+
+
+def test_task_names_live_only_in_the_task_table() -> None:
+    pattern = re.compile(r"""task\w*\s*(==|!=|in \(|not in \()|["'](detection|instance|segmentation|classification)["']\s*(==|!=)""")
+    offenders = [
+        f"{p.relative_to(PACKAGE)}:{i}"
+        for p in PACKAGE.rglob("*.py")
+        if p.name != "tasks.py"
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if pattern.search(line)
+    ]
+    assert offenders == []
+    assert list(bicsnet.TASKS) == ["backbone", "detection", "instance", "segmentation", "classification"]
