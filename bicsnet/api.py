@@ -26,6 +26,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from .config import RunConfig, load_run_config
+from .data.masks import IGNORE_LABEL
 from .data.spec import DataSpec, TaskData
 from .errors import ConfigError
 from .io import atomic_write_json
@@ -104,6 +105,10 @@ def train(
 
     cfg, data = resolve_run(config)
     task = cfg.model.task
+    if os.environ.get("RANK", "0") == "0":  # what the run reads, per split (bicsnet data check has the full report)
+        from .data.check import summarize
+
+        print(summarize(data, task).format(brief=True), flush=True)
     train_cfg = cfg.train_config({})
     options = dict(cfg.model.options)
     if get_task(task).uses_img_size:
@@ -155,6 +160,8 @@ def evaluate(
         data = DataSpec.from_synthetic_meta(meta.get("synthetic"))
     elif isinstance(data, Mapping):
         data = DataSpec(**data)
+    if data.ignore_index is None and meta.get("ignore_index", IGNORE_LABEL) != IGNORE_LABEL:
+        data = dataclasses.replace(data, ignore_index=meta["ignore_index"])  # the masks' own unknown value, as trained
     task_data = spec.load_data(data, int(meta.get("img_size", 224)), train=False)
     if task_data.num_classes != meta.get("num_classes"):
         raise ConfigError(f"{checkpoint}: model has {meta.get('num_classes')} classes, the evaluation data {task_data.num_classes}")
@@ -178,53 +185,83 @@ def predict(
     out: str | os.PathLike | None = None,
     score_thresh: float = 0.3,
     device: str = "auto",
+    overwrite: bool = False,
 ) -> list[Prediction]:
     """Run a weights file on image files; one :class:`~bicsnet.tasks.Prediction` per input.
 
-    With ``out``, writes ``OUT/<stem>.json`` and the drawn ``OUT/<stem>.png``
-    (segmentation also ``OUT/<stem>_mask.png``, a palette PNG of class indices).
-    Every image is read before anything is written.
+    With ``out``, writes for each input ``<stem>.json`` and the drawn
+    ``<stem>.png`` (segmentation also ``<stem>_mask.png``, a palette PNG of
+    class indices) under ``out``, mirroring the inputs' folders below their
+    common folder, so ``cam1/frame.jpg`` and ``cam2/frame.jpg`` keep one
+    result each (``Prediction.files`` lists them). Every image is read and
+    every output name checked before anything is written.
 
     Raises:
+        ConfigError: two inputs would write the same result (same folder and stem),
+            or results exist in ``out`` and ``overwrite`` is false.
         DataError: an unreadable image (naming the file).
     """
     from .data import load_image
     from .engine.distributed import resolve_device
     from .viz import save_image
 
+    paths = list(dict.fromkeys(Path(p) for p in inputs))  # the same file twice is one input
+    stems = _output_stems(paths) if out is not None else {}
+    if out is not None and not overwrite:
+        existing = [str(f) for stem in stems.values() for f in _result_files(Path(out), stem) if f.exists()]
+        if existing:
+            more = " ..." if len(existing) > 3 else ""
+            raise ConfigError(f"--out {out}: {', '.join(existing[:3])}{more} already exist(s); pass --overwrite to replace")
     dev = resolve_device(device)
     model, meta = load_checkpoint_model(checkpoint, dev)
     spec = get_task(meta["task"])
     if spec.predict is None:
         raise ConfigError(f"task {spec.name!r} has no predictor")
-    loaded = [(Path(p), load_image(p)) for p in inputs]
+    loaded = [(path, load_image(path)) for path in paths]
     results: list[Prediction] = []
     for path, img in loaded:
         pred = spec.predict(model, img.to(dev), meta, score_thresh)
         pred.record = {"image": str(path), "height": img.shape[-2], "width": img.shape[-1], "task": spec.name, **pred.record}
         if out is not None:
-            out_dir = Path(out)
+            json_file, picture_file, mask_file = _result_files(Path(out), stems[path])
             if pred.mask is not None:
-                pred.record["mask_png"] = f"{path.stem}_mask.png"
-                save_image(pred.mask, out_dir / pred.record["mask_png"])
-            atomic_write_json(out_dir / f"{path.stem}.json", pred.record)
+                pred.record["mask_png"] = mask_file.name
+                save_image(pred.mask, mask_file)
+                pred.files.append(mask_file)
+            atomic_write_json(json_file, pred.record)
+            pred.files.append(json_file)
             if pred.picture is not None:
-                save_image(pred.picture, out_dir / f"{path.stem}.png")
+                save_image(pred.picture, picture_file)
+                pred.files.append(picture_file)
         results.append(pred)
     return results
 
 
-def prediction_files(out: str | os.PathLike, predictions: Sequence[Prediction]) -> list[Path]:
-    """The files :func:`predict` wrote into ``out`` for ``predictions``, in order."""
-    files: list[Path] = []
-    for p in predictions:
-        stem = Path(p.record["image"]).stem
-        if p.mask is not None:
-            files.append(Path(out) / f"{stem}_mask.png")
-        files.append(Path(out) / f"{stem}.json")
-        if p.picture is not None:
-            files.append(Path(out) / f"{stem}.png")
-    return files
+def _output_stems(paths: Sequence[Path]) -> dict[Path, Path]:
+    """Each input's result path without suffix, relative to ``out``: its folder below the inputs' common folder, and its stem.
+
+    Raises:
+        ConfigError: two inputs map to the same result (e.g. ``frame.jpg`` and ``frame.png`` in one folder).
+    """
+    if not paths:
+        return {}
+    folders = [p.resolve().parent for p in paths]
+    root = Path(os.path.commonpath(folders))
+    stems: dict[Path, Path] = {}
+    seen: dict[Path, Path] = {}
+    for path, folder in zip(paths, folders):
+        stem = folder.relative_to(root) / path.stem
+        if stem in seen:
+            raise ConfigError(f"{seen[stem]} and {path} would both write {stem}.json; rename one or predict them in separate runs")
+        seen[stem] = path
+        stems[path] = stem
+    return stems
+
+
+def _result_files(out: Path, stem: Path) -> tuple[Path, Path, Path]:
+    """The JSON, drawn picture and label-mask files of one result."""
+    base = out / stem
+    return base.with_name(base.name + ".json"), base.with_name(base.name + ".png"), base.with_name(base.name + "_mask.png")
 
 
 def _warn_skipped(data: TaskData) -> None:

@@ -19,7 +19,6 @@ Overrides are ``SECTION.KEY=VALUE`` (``train.lr=0.02``, ``data.synth_train=100``
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any, Mapping, Sequence
 
 from .data.spec import DataSpec
 from .engine.trainer import TrainConfig
+from .dataclass_checks import closest
 from .errors import ConfigError
 from .io import atomic_write_text
 
@@ -174,10 +174,8 @@ def _field_names(cls: type) -> list[str]:
 
 
 def _unknown(key: str, valid: Sequence[str], section: str) -> None:
-    close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
     where = f"{section}." if section else ""
-    hint = f"; did you mean {where}{close[0]}?" if close else f"; valid: {', '.join(valid)}"
-    raise ConfigError(f"unknown key {where}{key}{hint}")
+    raise ConfigError(f"unknown key {where}{key}{closest(key, valid, where)}")
 
 
 def _check_keys(d: Mapping[str, Any], valid: Sequence[str], section: str) -> None:

@@ -17,6 +17,25 @@ __all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text", "atomic_wri
 
 
 @contextlib.contextmanager
+def _replace_from_temp(path: Path, suffix: str) -> Iterator[tuple[int, str]]:
+    """Create a temporary sibling of ``path`` and yield its ``(fd, name)``.
+
+    The body writes (and fsyncs) the file; when it returns normally the file is
+    renamed over ``path`` with :func:`os.replace`, when it raises the file is
+    removed and ``path`` is untouched. The body owns ``fd`` (closes it).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    try:
+        yield fd, tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     """Open a temporary sibling of ``path``; on success rename it over ``path``.
 
@@ -25,18 +44,11 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_open supports 'w' and 'wb', not {mode!r}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
+    with _replace_from_temp(path, ".tmp") as (fd, _):
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
     # Make the rename itself durable.
     with contextlib.suppress(OSError):
         dfd = os.open(path.parent, os.O_RDONLY)
@@ -70,15 +82,8 @@ def atomic_save(path: str | os.PathLike, writer: Callable[[str], None]) -> None:
     ``path`` only if it returns normally.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix or ".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with _replace_from_temp(path, path.suffix or ".tmp") as (fd, tmp):
+        os.close(fd)
         writer(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise

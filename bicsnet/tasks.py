@@ -33,11 +33,12 @@ __all__ = ["TaskSpec", "Prediction", "BenchIO", "TASKS", "get_task", "task_names
 
 @dataclass
 class Prediction:
-    """What a model says about one image: JSON-ready fields, a drawn picture, an optional label PNG."""
+    """What a model says about one image: JSON-ready fields, a drawn picture, an optional label PNG, the files written."""
 
     record: dict[str, Any]
     picture: Image.Image | None = None
     mask: Image.Image | None = None
+    files: list[Path] = field(default_factory=list)  # what bicsnet.predict wrote for it
 
 
 @dataclass(frozen=True)
@@ -215,9 +216,11 @@ def _coco_data(masks: bool) -> Callable[..., TaskData]:
             va_img, va_ann = spec.require("val_images"), spec.require("val_ann")
             tr_img = spec.require("train_images") if train else None
             tr_ann = spec.require("train_ann") if train else None
-        val = D.CocoDetection(va_img, va_ann, D.detection_eval_transforms(), with_masks=masks)
+        floor = spec.max_skipped  # share of rejected annotation records that stops loading
+        val = D.CocoDetection(va_img, va_ann, D.detection_eval_transforms(), with_masks=masks, max_skipped=floor)
         tr = (
-            D.CocoDetection(tr_img, tr_ann, D.detection_train_transforms(img_size, scale_range), with_masks=masks)
+            D.CocoDetection(tr_img, tr_ann, D.detection_train_transforms(img_size, scale_range), with_masks=masks,
+                            max_skipped=floor)
             if train else None
         )  # fmt: skip
         if tr is not None and tr.cat_ids != val.cat_ids:
@@ -229,16 +232,45 @@ def _coco_data(masks: bool) -> Callable[..., TaskData]:
 
 
 def _segmentation_data(spec: DataSpec, img_size: int, train: bool = True, scale_range: tuple[float, float] = (0.5, 2.0)) -> TaskData:
+    """A VOC root (``--data``; the synthetic set without data flags) or any mask folder (``--images/--masks`` + split lists).
+
+    Masks come out as training labels, ignored pixels 255 whatever value the
+    files use (:mod:`bicsnet.data.masks`); the checkpoint records that value
+    (``ignore_index``) and the masks' palette (``palette``, class colours) when they have one.
+    """
     from . import data as D
 
-    synth = _synthetic(spec) if spec.is_synthetic(SEGMENTATION_FLAGS) else None
-    root = str(synth["voc_root"]) if synth is not None else spec.require("data")
-    val = D.VOCSegmentation(root, "val", D.segmentation_eval_transforms())
-    tr = (
-        D.VOCSegmentation(root, "train", D.segmentation_train_transforms(img_size, scale_range), list_file=spec.train_list)
-        if train else None
-    )  # fmt: skip
-    extra = _synthetic_meta(spec, synth) if synth is not None else {}
+    synth = _synthetic(spec) if spec.is_synthetic(_SEGMENTATION_LOCATIONS) else None
+    options = [f"--{f.replace('_', '-')}" for f in ("ignore_index", "class_names") if getattr(spec, f) not in (None, "")]
+    if synth is not None and options:
+        raise ConfigError(f"{', '.join(options)}: describe your masks; give them with --data or --images/--masks/--val-split")
+    ignore = D.IGNORE_LABEL if spec.ignore_index is None else spec.ignore_index
+    names = D.read_class_names(spec.class_names) if spec.class_names else None
+    eval_t = D.segmentation_eval_transforms()
+    train_t = D.segmentation_train_transforms(img_size, scale_range) if train else None
+    folder_flags = [f"--{f.replace('_', '-')}" for f in _MASK_FOLDER_FLAGS if getattr(spec, f)]
+    if synth is not None or spec.data:
+        if folder_flags:
+            raise ConfigError(f"{', '.join(folder_flags)}: flags of a mask folder; --data is a VOC root, give one or the other")
+        root = str(synth["voc_root"]) if synth is not None else spec.require("data")
+        val = D.VOCSegmentation(root, "val", eval_t, ignore_index=ignore, class_names=names)
+        tr = (
+            D.VOCSegmentation(root, "train", train_t, list_file=spec.train_list, ignore_index=ignore, class_names=names)
+            if train else None
+        )  # fmt: skip
+    else:
+        if spec.train_list:
+            raise ConfigError("--train-list: a list of a VOC root (--data); a mask folder's are --train-split/--val-split")
+        if names is None:
+            raise ConfigError("--class-names FILE is required with --images/--masks: one class name per line, label 0 first")
+        val = D.SegmentationFolder(spec.images, spec.masks, spec.require("val_split"), names, ignore, eval_t)
+        tr = D.SegmentationFolder(spec.images, spec.masks, spec.require("train_split"), names, ignore, train_t) if train else None
+    palette = val.palette
+    extra = {
+        "ignore_index": ignore,
+        **({"palette": palette} if palette is not None else {}),
+        **(_synthetic_meta(spec, synth) if synth is not None else {}),
+    }
     # Training crops stack into tensors; whole validation images of different sizes stay unpadded.
     return TaskData(tr, val, D.segmentation_collate_unpadded, val.num_classes, list(val.class_names), extra)
 
@@ -261,7 +293,11 @@ def _classification_data(spec: DataSpec, img_size: int, train: bool = True, scal
 
 
 COCO_FLAGS = ("train_ann", "train_images", "val_ann", "val_images")
-SEGMENTATION_FLAGS = ("data", "train_list")
+#: Where segmentation data is: a VOC root (+ another training list) or a mask folder's folders and split lists.
+_MASK_FOLDER_FLAGS = ("images", "masks", "train_split", "val_split")
+_SEGMENTATION_LOCATIONS = ("data", "train_list", *_MASK_FOLDER_FLAGS)
+#: ... and what the masks mean: the value of unlabelled pixels, the class names.
+SEGMENTATION_FLAGS = (*_SEGMENTATION_LOCATIONS, "ignore_index", "class_names")
 CLASSIFICATION_FLAGS = ("data",)
 
 
@@ -278,9 +314,12 @@ def _detection_adapter(with_masks: bool) -> Callable[..., Any]:
 
 
 def _segmentation_adapter(num_classes: int | None = None, label_smoothing: float = 0.0, ignore_index: int = 255) -> Any:
+    from .data.masks import IGNORE_LABEL
     from .engine.adapters import SegmentationTask
 
-    return SegmentationTask(num_classes=num_classes, ignore_index=ignore_index)
+    # The datasets give ignored pixels as IGNORE_LABEL whatever value the files use (the checkpoint's
+    # meta["ignore_index"]), and crops are padded with it: the loss and the metric skip that label.
+    return SegmentationTask(num_classes=num_classes, ignore_index=IGNORE_LABEL)
 
 
 def _classification_adapter(num_classes: int | None = None, label_smoothing: float = 0.0, ignore_index: int = 255) -> Any:
@@ -510,7 +549,7 @@ TASKS: dict[str, TaskSpec] = {
     ),
     "segmentation": TaskSpec(
         name="segmentation",
-        description="semantic segmentation head on merged P3-P7 (Section IV-B), VOC layout, mIoU",
+        description="semantic segmentation head on merged P3-P7 (Section IV-B), VOC layout or any mask folder, mIoU",
         head_options=frozenset({"head_channels", "head_convs"}),
         build=_build_segmenter,
         network=_whole,

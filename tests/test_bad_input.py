@@ -46,6 +46,7 @@ SYNTH = {"num_train": 4, "num_val": 3, "img_size": 64, "seed": 0}
 MODELS = {
     "classification": (32, {"width_mult": 0.125, "endpoint_channels": 16}),
     "detection": (64, {"width_mult": 0.125, "img_size": 64}),
+    "instance": (64, {"width_mult": 0.125, "img_size": 64, "box_detections_per_img": 10}),
     "segmentation": (64, {"width_mult": 0.125, "endpoint_channels": 16, "head_channels": 16}),
 }
 
@@ -131,10 +132,10 @@ def _write_coco(tmp: Path, data: dict | str | bytes) -> Path:
     return path
 
 
-def _eval_det(ws: WS, tmp: Path, ann: Path, images: Path | None = None) -> list[str]:
-    return ["eval", "--checkpoint", str(ws.ckpt["detection"]), "--val-ann", str(ann),
+def _eval_det(ws: WS, tmp: Path, ann: Path, images: Path | None = None, task: str = "detection", *extra: str) -> list[str]:
+    return ["eval", "--checkpoint", str(ws.ckpt[task]), "--val-ann", str(ann),
             "--val-images", str(images or ws.synth["coco_val_images"]), "--workers", "0", "--device", "cpu",
-            "--out", str(tmp / "out")]  # fmt: skip
+            "--out", str(tmp / "out"), *extra]  # fmt: skip
 
 
 def _eval(ws: WS, tmp: Path, task: str, data: Path, *extra: str) -> list[str]:
@@ -146,8 +147,12 @@ def _predict(ws: WS, tmp: Path, image: Path, task: str = "classification") -> li
     return ["predict", "--checkpoint", str(ws.ckpt[task]), str(image), "--device", "cpu", "--out", str(tmp / "out")]
 
 
-def _coco_with(ws: WS, tmp: Path, *anns: dict, **changes) -> list[str]:
-    """Eval on the val set plus extra annotation records (ids 9001...), or with top-level changes."""
+def _coco_with(ws: WS, tmp: Path, *anns: dict, task: str = "detection", max_skipped: str | None = "0.5", **changes) -> list[str]:
+    """Eval on the val set plus extra annotation records (ids 9001...), or with top-level changes.
+
+    One bad record among the 11 of the val set is past the default --max-skipped (5%): the
+    cases of single bad records raise it (the floor has its own case, ``max_skipped=None``).
+    """
     data = _coco(ws)
     img = data["images"][0]
     for i, ann in enumerate(anns):
@@ -156,7 +161,7 @@ def _coco_with(ws: WS, tmp: Path, *anns: dict, **changes) -> list[str]:
         record.update({k: v(img) if callable(v) else v for k, v in ann.items()})
         data["annotations"].append({k: v for k, v in record.items() if v is not _DROP})
     data.update(changes)
-    return _eval_det(ws, tmp, _write_coco(tmp, data))
+    return _eval_det(ws, tmp, _write_coco(tmp, data), None, task, *(["--max-skipped", max_skipped] if max_skipped else []))
 
 
 _DROP = object()
@@ -299,8 +304,13 @@ def _img_ok(id: str, maker, shape: tuple[int, int] | None = None) -> Case:
     )
 
 
-def _skip(id: str, *anns: dict, needle: tuple[str, ...]) -> Case:
-    return Case(id, "skip", lambda ws, tmp: _coco_with(ws, tmp, *anns), needle, ("metrics.json", "detections.json"))
+def _skip(id: str, *anns: dict, needle: tuple[str, ...], task: str = "detection") -> Case:
+    return Case(id, "skip", lambda ws, tmp: _coco_with(ws, tmp, *anns, task=task), needle, ("metrics.json", "detections.json"))
+
+
+def _box_only(ws: WS) -> list[dict]:
+    """The val set's annotations as a box-only tool writes them: ``"segmentation": []``."""
+    return [dict(a, segmentation=[]) for a in _coco(ws)["annotations"]]
 
 
 def _label_40(root: Path) -> None:
@@ -455,16 +465,26 @@ CASES: list[Case] = [
     _skip("coco-box-negative-size", {"bbox": [4, 4, -10, 10]},
           needle=("annotation id 9001: negative bbox width or height", "skipped 1")),
     _skip("coco-box-nan", {"bbox": [4, 4, float("nan"), 10]}, needle=("annotation id 9001: 'bbox'", "skipped 1")),
-    _skip("coco-empty-polygon", {"segmentation": []},
+    # Masks are read only by instance segmentation: detection ignores 'segmentation' altogether.
+    _skip("coco-empty-segmentation", {"segmentation": []}, task="instance",
+          needle=("annotation id 9001: bad segmentation: empty 'segmentation' (no mask)", "skipped 1")),
+    _skip("coco-empty-polygon", {"segmentation": [[1, 2, 3, 4]]}, task="instance",
           needle=("annotation id 9001: bad segmentation: polygon segmentation has no polygon", "skipped 1")),
-    _skip("coco-polygon-odd-coordinates", {"segmentation": [[1, 2, 3, 4, 5, 6, 7]]},
+    _skip("coco-polygon-odd-coordinates", {"segmentation": [[1, 2, 3, 4, 5, 6, 7]]}, task="instance",
           needle=("annotation id 9001: bad segmentation: polygon has an odd number", "skipped 1")),
     _skip("coco-invalid-rle-string", {"segmentation": lambda im: {"size": [im["height"], im["width"]], "counts": "garbage"}},
-          needle=("annotation id 9001: bad segmentation: compressed RLE 'counts' is not a valid", "skipped 1")),
-    _skip("coco-rle-size-differs", {"segmentation": {"size": [1, 1], "counts": "11"}},
+          task="instance", needle=("annotation id 9001: bad segmentation: compressed RLE 'counts' is not a valid", "skipped 1")),
+    _skip("coco-rle-size-differs", {"segmentation": {"size": [1, 1], "counts": "11"}}, task="instance",
           needle=("annotation id 9001: bad segmentation: RLE size [1, 1] does not match image size", "skipped 1")),
-    _skip("coco-invalid-rle-counts", {"segmentation": {"size": None, "counts": [1, 2]}},
+    _skip("coco-invalid-rle-counts", {"segmentation": {"size": None, "counts": [1, 2]}}, task="instance",
           needle=("annotation id 9001: bad segmentation: RLE segmentation needs 'size'", "skipped 1")),
+    Case("coco-box-only-for-detection", "ok", lambda ws, tmp: _coco_with(ws, tmp, annotations=_box_only(ws), max_skipped=None),
+         (), ("metrics.json", "detections.json")),  # fmt: skip
+    _stop("coco-box-only-for-instance",
+          lambda ws, tmp: _coco_with(ws, tmp, annotations=_box_only(ws), task="instance", max_skipped="1"),
+          "instances_bad.json: no usable annotation: all 11 rejected: no mask (11)", "--task detection"),  # fmt: skip
+    _stop("coco-too-many-bad-records", lambda ws, tmp: _coco_with(ws, tmp, {"bbox": "4,4,10,10"}, max_skipped=None),
+          "instances_bad.json: 1 of 12 annotations (8.33%) rejected, more than --max-skipped 5%: bad bbox (1)"),  # fmt: skip
     # ---- VOC / image-folder layouts.
     _stop("voc-missing-list-entry", lambda ws, tmp: _voc(ws, tmp, _missing_list_entry), "gone_00042.jpg",
           "listed in val.txt line"),  # fmt: skip
@@ -508,6 +528,8 @@ CASES: list[Case] = [
     _stop("option-resume-num-classes-differ",
           lambda ws, tmp: _resume_args(ws, tmp) + ["--data", str((_folder(ws, tmp, _extra_class), tmp / "folder")[1])],
           "last.safetensors", "shape mismatch"),  # fmt: skip
+    _stop("option-resume-batch-size-changed", lambda ws, tmp: _resume_args(ws, tmp) + ["--batch-size", "4"],
+          "last.state.pt", "global batch of 2", "this run has 4", "as 8 images instead of 4"),  # fmt: skip
     _stop("output-dir-holds-checkpoint", lambda ws, tmp: (_run_copy(ws, tmp), _train_args(ws, tmp / "out"))[1],
           "already holds a checkpoint (step 2)"),  # fmt: skip
     _stop("output-dir-holds-finished-run",

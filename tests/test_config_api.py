@@ -108,3 +108,29 @@ def test_task_names_live_only_in_the_task_table() -> None:
     ]
     assert offenders == []
     assert list(bicsnet.TASKS) == ["backbone", "detection", "instance", "segmentation", "classification"]
+
+
+def test_predict_keeps_one_result_per_input_when_base_names_repeat(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from PIL import Image
+
+    for cam, colour in (("cam1", (200, 20, 20)), ("cam2", (20, 200, 20))):
+        (tmp_path / cam).mkdir()
+        Image.new("RGB", (64, 48), colour).save(tmp_path / cam / "frame.jpg")
+    Image.new("RGB", (64, 48), (0, 0, 200)).save(tmp_path / "cam2" / "frame.png")
+    out = tmp_path / "preds"
+    images = [str(tmp_path / "cam1" / "frame.jpg"), str(tmp_path / "cam2" / "frame.jpg")]
+    assert main(["predict", "--checkpoint", str(run), *images, "--device", "cpu", "--out", str(out)]) == 0
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert written == ["cam1/frame.json", "cam2/frame.json"]
+    assert [yaml.safe_load((out / c / "frame.json").read_text())["image"] for c in ("cam1", "cam2")] == images
+    # Same folder, same stem: refused before anything is written, naming both inputs.
+    clash = [*images, str(tmp_path / "cam2" / "frame.png")]
+    assert main(["predict", "--checkpoint", str(run), *clash, "--device", "cpu", "--out", str(tmp_path / "p2")]) == 2
+    err = capsys.readouterr().err
+    assert "cam2/frame.jpg and" in err and "cam2/frame.png would both write cam2/frame.json" in err
+    assert not (tmp_path / "p2").exists()
+    # Existing results are kept unless --overwrite.
+    before = (out / "cam1" / "frame.json").stat().st_mtime_ns
+    assert main(["predict", "--checkpoint", str(run), *images, "--device", "cpu", "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err and (out / "cam1" / "frame.json").stat().st_mtime_ns == before
+    assert main(["predict", "--checkpoint", str(run), *images, "--device", "cpu", "--out", str(out), "--overwrite"]) == 0

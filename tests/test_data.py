@@ -26,7 +26,7 @@ from bicsnet.data import (
     segmentation_train_transforms,
 )
 from bicsnet.data.synthetic import CAT_IDS, CLASSES, generate
-from bicsnet.errors import DataError
+from bicsnet.errors import ConfigError, DataError
 
 # pycocotools calls numpy with copy=False internally; harmless, but it floods the output.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn.t accept a copy keyword:DeprecationWarning")
@@ -155,13 +155,18 @@ def test_coco_clips_and_drops_degenerate_boxes(tmp_path: Path, caplog: pytest.Lo
     ]
     ann_file = _write_coco(tmp_path / "ann.json", [{"id": 1, "file_name": "a.png", "height": 30, "width": 40}], anns)
     with caplog.at_level(logging.INFO, logger="bicsnet.data"):
-        ds = CocoDetection(tmp_path, ann_file)
+        ds = CocoDetection(tmp_path, ann_file, max_skipped=1.0)  # 3 of 4 rejected: past the default floor
     assert [r.name for r in caplog.records] == ["bicsnet.data"]
     assert "dropped 2 degenerate" in caplog.text and "skipped 1" in caplog.text
     _, t = ds[0]
     assert t["boxes"].tolist() == [[0.0, 2.0, 15.0, 12.0]] and t["labels"].tolist() == [1]
+    assert (ds.num_annotations, ds.num_used, ds.num_rejected) == (4, 1, 3)
+    assert ds.rejected_reasons == {"degenerate box": 2, "unknown image_id": 1}
     with pytest.raises(DataError, match="annotation id 4"):
         CocoDetection(tmp_path, ann_file, skip_bad=False)
+    with pytest.raises(DataError, match=r"ann\.json: 3 of 4 annotations \(75%\) rejected, more than --max-skipped 5%: "
+                                        r"degenerate box \(2\), unknown image_id \(1\)$"):
+        CocoDetection(tmp_path, ann_file)
 
 
 @pytest.mark.parametrize(
@@ -193,7 +198,8 @@ def test_coco_bad_json_names_file(tmp_path: Path, content: str, message: str) ->
 
 def test_coco_corrupt_image_names_file(tmp_path: Path) -> None:
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
-    ann_file = _write_coco(tmp_path / "ann.json", [{"id": 1, "file_name": "broken.jpg", "height": 4, "width": 4}], [])
+    anns = [{"id": 1, "image_id": 1, "category_id": 7, "bbox": [0, 0, 3, 3]}]
+    ann_file = _write_coco(tmp_path / "ann.json", [{"id": 1, "file_name": "broken.jpg", "height": 4, "width": 4}], anns)
     ds = CocoDetection(tmp_path, ann_file)
     with pytest.raises(DataError, match="broken.jpg"):
         ds[0]
@@ -352,3 +358,229 @@ def test_collates_pad_and_stack() -> None:
     assert isinstance(imgs, list) and [t["a"] for t in targets] == [1, 2]
     x, y = classification_collate([(torch.zeros(3, 2, 2), 1), (torch.ones(3, 2, 2), 4)])
     assert x.shape == (2, 3, 2, 2) and y.tolist() == [1, 4] and y.dtype == torch.int64
+
+
+# ----------------------------------------------------------------------------- COCO exports as exported
+def _cli(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, list[str]]:
+    """Run the real CLI in-process: (exit status, stdout, non-empty stderr lines)."""
+    from bicsnet.cli.main import main
+
+    capsys.readouterr()
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, [line for line in captured.err.splitlines() if line.strip()]
+
+
+def _box_only(src: Path, dst: Path) -> Path:
+    """``src`` as a box-only tool writes it: every annotation has ``"segmentation": []``."""
+    data = json.loads(src.read_text())
+    for a in data["annotations"]:
+        a["segmentation"] = []
+    dst.write_text(json.dumps(data))
+    return dst
+
+
+def _tiny_train(task: str, train: tuple[Path, Path], val: tuple[Path, Path], out: Path, *extra: str) -> list[str]:
+    return ["train", "--task", task, "--model", "bicsnet_48_tiny", "--img-size", "64", "--set", "width_mult=0.125",
+            "--train-ann", str(train[0]), "--train-images", str(train[1]), "--val-ann", str(val[0]),
+            "--val-images", str(val[1]), "--batch-size", "2", "--max-steps", "2", "--log-every", "1", "--workers", "0",
+            "--device", "cpu", "--out", str(out), *extra]  # fmt: skip
+
+
+def test_box_only_coco_trains_detection_and_refuses_masks(synth: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import csv
+    import math
+
+    train_ann = _box_only(synth["coco_train_ann"], tmp_path / "box_train.json")
+    val_ann = _box_only(synth["coco_val_ann"], tmp_path / "box_val.json")
+    raw = json.loads(train_ann.read_text())
+    n = len(raw["annotations"])
+    assert n >= 10 and all(a["segmentation"] == [] for a in raw["annotations"])
+
+    # Detection never reads 'segmentation': every box is used.
+    ds = CocoDetection(synth["coco_train_images"], train_ann)
+    assert (ds.num_annotations, ds.num_used, ds.num_rejected, ds.skipped) == (n, n, 0, [])
+    assert sum(len(t.labels) + len(t.crowd_boxes) for t in ds._targets) == n
+    per_cat = {c: sum(a["category_id"] == c for a in raw["annotations"]) for c in CAT_IDS}
+    assert ds.per_category == per_cat
+
+    # Instance segmentation needs masks: the same file is one error naming it, not an empty run.
+    with pytest.raises(DataError) as info:
+        CocoDetection(synth["coco_train_images"], train_ann, with_masks=True)
+    message = str(info.value)
+    assert message.startswith(f"{train_ann}: no usable annotation: all {n} rejected: no mask ({n})") and "\n" not in message
+
+    train, val = (train_ann, synth["coco_train_images"]), (val_ann, synth["coco_val_images"])
+    code, out, err = _cli(_tiny_train("detection", train, val, tmp_path / "det"), capsys)
+    assert code == 0, err[-5:]
+    assert f"data train: 10 images, {n} annotations used, 0 rejected - {train_ann}" in out
+    with open(tmp_path / "det" / "log.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [1, 2]
+    for r in rows:  # finite losses, and boxes to regress (zero boxes would give a zero box loss)
+        assert math.isfinite(float(r["loss"])) and float(r["bbox_regression"]) > 0
+    assert (tmp_path / "det" / "metrics.json").is_file()
+
+    code, out, err = _cli(_tiny_train("instance", train, val, tmp_path / "inst"), capsys)
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith("bicsnet train: error: ") and "box_" in err[0] and "no usable annotation" in err[0]
+    assert "no mask" in err[0] and "--task detection" in err[0]
+
+
+def test_placeholder_category_subfolders_and_zero_ids(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from bicsnet.data.check import summarize
+    from bicsnet.data.spec import DataSpec
+    from bicsnet.metrics.coco import detections_to_coco_results
+    from bicsnet.tasks import get_task
+
+    (tmp_path / "img" / "sub" / "dir").mkdir(parents=True)
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "img" / "sub" / "dir" / "a.png")
+    Image.new("RGB", (40, 30), (10, 200, 10)).save(tmp_path / "img" / "b.png")
+    images = [{"id": 0, "file_name": "sub/dir/a.png", "height": 30, "width": 40},
+              {"id": 1, "file_name": "b.png", "height": 30, "width": 40}]  # fmt: skip
+    # A Roboflow-style export: the supercategory as category 0, which no annotation uses.
+    cats = [{"id": 0, "name": "parts", "supercategory": "none"}, {"id": 1, "name": "flower", "supercategory": "parts"},
+            {"id": 2, "name": "fruit", "supercategory": "parts"}]  # fmt: skip
+    square = [[1, 1, 11, 1, 11, 11, 1, 11]]
+    anns = [{"id": 0, "image_id": 0, "category_id": 2, "bbox": [1, 1, 10, 10], "area": 100, "iscrowd": 0, "segmentation": square},
+            {"id": 1, "image_id": 0, "category_id": 1, "bbox": [1, 1, 10, 10], "area": 100, "iscrowd": 0, "segmentation": square},
+            {"id": 2, "image_id": 1, "category_id": 2, "bbox": [1, 1, 10, 10], "area": 100, "iscrowd": 0, "segmentation": square}]  # fmt: skip
+    ann_file = _write_coco(tmp_path / "export.json", images, anns, cats)
+
+    ds = CocoDetection(tmp_path / "img", ann_file, with_masks=True)
+    assert ds.cat_ids == [0, 1, 2] and ds.class_names == ["parts", "flower", "fruit"]
+    assert ds.per_category == {0: 0, 1: 1, 2: 2} and ds.empty_categories == [0]
+    assert ds.ids == [0, 1]
+    image, t = ds[0]  # from the sub-folder
+    assert t["image_id"] == 0 and image.shape == (3, 30, 40) and float(image[0].mean()) > 0.7
+    assert [ds.cat_ids[label - 1] for label in t["labels"].tolist()] == [2, 1]
+    assert t["masks"].sum(dim=(1, 2)).tolist() == [100, 100]
+    # What a model predicts maps back to the dataset's own ids (the placeholder shifts nothing).
+    pred = {"boxes": torch.tensor([[1.0, 1, 11, 11], [2, 2, 9, 9]]), "scores": torch.tensor([0.9, 0.8]), "labels": t["labels"]}
+    assert [r["category_id"] for r in detections_to_coco_results([pred], [0], ds.cat_ids)] == [2, 1]
+
+    spec = DataSpec(train_ann=str(ann_file), train_images=str(tmp_path / "img"), val_ann=str(ann_file),
+                    val_images=str(tmp_path / "img"))  # fmt: skip
+    data = get_task("instance").load_data(spec, 64)
+    assert data.num_classes == 3 and data.extra_meta["cat_ids"] == [0, 1, 2]
+    report = summarize(data, "instance")
+    assert report.splits["train"].empty_categories == [0]
+    assert "no samples (kept, ids unchanged): 0 parts" in report.format(brief=True)
+
+    flags = ["--val-ann", str(ann_file), "--val-images", str(tmp_path / "img")]
+    code, out, err = _cli(["data", "check", "--task", "detection", *flags], capsys)
+    assert code == 0 and "no samples: 0 parts" in out and "duplicate images: none" in out
+    # The same file listed by two image records is a duplicate.
+    _write_coco(ann_file, [*images, {"id": 2, "file_name": "./b.png", "height": 30, "width": 40}], anns, cats)
+    code, out, err = _cli(["data", "check", "--task", "detection", *flags, "--json"], capsys)
+    val = json.loads(out)["splits"]["val"]
+    assert code == 0 and val["images"] == 3 and val["duplicates"] == [[str(tmp_path / "img" / "b.png")] * 2]
+    assert val["per_category"] == {"0": 0, "1": 1, "2": 2} and val["empty_categories"] == [0]
+
+
+def _floor_file(tmp_path: Path, good: int, bad: int) -> tuple[Path, Path]:
+    """One 40x30 image with ``good`` valid polygons and ``bad`` polygons with an odd number of coordinates."""
+    (tmp_path / "img").mkdir(exist_ok=True)
+    Image.new("RGB", (40, 30)).save(tmp_path / "img" / "a.png")
+    anns = []
+    for i in range(good + bad):
+        seg = [[1, 1, 11, 1, 11, 11, 1, 11]] if i < good else [[1, 1, 11, 1, 11]]
+        anns.append({"id": i + 1, "image_id": 1, "category_id": 7, "bbox": [1, 1, 10, 10], "area": 100, "iscrowd": 0, "segmentation": seg})
+    ann = _write_coco(tmp_path / f"floor_{good}_{bad}.json", [{"id": 1, "file_name": "a.png", "height": 30, "width": 40}], anns)
+    return ann, tmp_path / "img"
+
+
+def test_skipped_records_floor(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    ann, img = _floor_file(tmp_path, good=5, bad=5)
+    with pytest.raises(DataError) as info:
+        CocoDetection(img, ann, with_masks=True)
+    assert str(info.value) == f"{ann}: 5 of 10 annotations (50%) rejected, more than --max-skipped 5%: bad polygon (5)"
+    ds = CocoDetection(img, ann, with_masks=True, max_skipped=0.6)
+    assert (ds.num_used, ds.num_rejected, ds.rejected_reasons) == (5, 5, {"bad polygon": 5})
+    assert CocoDetection(img, ann).num_used == 10  # boxes only: the polygons are not read
+    with pytest.raises(ConfigError, match="--max-skipped 1.5"):
+        CocoDetection(img, ann, max_skipped=1.5)
+
+    none_ok, _ = _floor_file(tmp_path, good=0, bad=4)
+    with pytest.raises(DataError, match=r"floor_0_4\.json: no usable annotation: all 4 rejected: bad polygon \(4\)$"):
+        CocoDetection(img, none_ok, with_masks=True, max_skipped=1.0)
+    empty = _write_coco(tmp_path / "empty.json", [{"id": 1, "file_name": "a.png", "height": 30, "width": 40}], [])
+    with pytest.raises(DataError, match=r"empty\.json: no annotations"):
+        CocoDetection(img, empty, max_skipped=None)
+    crowd = _write_coco(tmp_path / "crowd.json", [{"id": 1, "file_name": "a.png", "height": 30, "width": 40}],
+                        [{"id": 1, "image_id": 1, "category_id": 7, "bbox": [1, 1, 10, 10], "iscrowd": 1}])  # fmt: skip
+    with pytest.raises(DataError, match=r"crowd\.json: no usable annotation: the 1 used are all crowd regions"):
+        CocoDetection(img, crowd)
+
+    # Through the CLI: one line and exit 2; --max-skipped lets the split through.
+    flags = ["--task", "instance", "--val-ann", str(ann), "--val-images", str(img)]
+    code, out, err = _cli(["data", "check", *flags, "--json"], capsys)
+    assert code == 2 and out == "" and err == [f"bicsnet data: error: {ann}: 5 of 10 annotations (50%) rejected, "
+                                               "more than --max-skipped 5%: bad polygon (5)"]  # fmt: skip
+    code, out, err = _cli(["data", "check", *flags, "--json", "--max-skipped", "0.6"], capsys)
+    val = json.loads(out)["splits"]["val"]
+    assert code == 0 and (val["images"], val["annotations_used"], val["annotations_rejected"]) == (1, 5, 5)
+    assert val["rejected_reasons"] == {"bad polygon": 5} and val["per_category"] == {"7": 5}
+    code, out, err = _cli(["data", "check", "--task", "instance", "--val-ann", str(none_ok), "--val-images", str(img),
+                           "--max-skipped", "1"], capsys)  # fmt: skip
+    assert code == 2 and len(err) == 1 and "no usable annotation" in err[0]
+    code, out, err = _cli(_tiny_train("instance", (ann, img), (ann, img), tmp_path / "out"), capsys)
+    assert code == 2 and len(err) == 1 and "5 of 10 annotations (50%) rejected" in err[0]
+    assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+def test_data_check_folder_and_voc(synth: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import shutil
+
+    root = tmp_path / "folder"
+    shutil.copytree(synth["folder_train"], root / "train")
+    shutil.copytree(synth["folder_val"], root / "val")
+    first = sorted((root / "train" / CLASSES[0]).iterdir())[0]
+    shutil.copy(first, first.with_name("copy_" + first.name))  # the same image twice, under two names
+    leaked = sorted((root / "val" / CLASSES[1]).iterdir())[0]
+    shutil.copy(leaked, root / "train" / CLASSES[1] / "leak.png")  # a validation image in the training set
+    code, out, err = _cli(["data", "check", "--task", "classification", "--data", str(root), "--json"], capsys)
+    assert code == 0, err
+    report = json.loads(out)
+    classes = sorted(CLASSES)
+    for split in ("train", "val"):
+        rep = report["splits"][split]
+        files = {c: sorted((root / split / c).iterdir()) for c in classes}
+        assert rep["images"] == rep["annotations_used"] == sum(len(v) for v in files.values())
+        assert rep["per_category"] == {str(i): len(files[c]) for i, c in enumerate(classes)}
+        assert sum(rep["image_sizes"].values()) == rep["images"]
+    assert report["splits"]["train"]["duplicates"] == [sorted([str(first), str(first.with_name("copy_" + first.name))])]
+    assert report["splits"]["val"]["duplicates"] == []
+    assert report["shared_images"] == [f"{leaked} (val) = {root / 'train' / CLASSES[1] / 'leak.png'} (train)"]
+
+    voc = synth["voc_root"]
+    code, out, err = _cli(["data", "check", "--task", "segmentation", "--data", str(voc), "--json"], capsys)
+    assert code == 0, err
+    report = json.loads(out)
+    for split in ("train", "val"):
+        names = (voc / "ImageSets" / "Segmentation" / f"{split}.txt").read_text().split()
+        present = [set(np.unique(np.asarray(Image.open(voc / "SegmentationClass" / f"{n}.png"))).tolist()) - {255} for n in names]
+        rep = report["splits"][split]
+        assert rep["images"] == rep["annotations_used"] == len(names) and rep["annotations_rejected"] == 0
+        assert rep["per_category"] == {str(c): sum(c in p for p in present) for c in range(len(CLASSES) + 1)}
+    # A label outside the classes would stop training: reported, exit 2 with one line.
+    name = (voc / "ImageSets" / "Segmentation" / "val.txt").read_text().split()[0]
+    bad = tmp_path / "voc"
+    shutil.copytree(voc, bad)
+    mask = np.asarray(Image.open(bad / "SegmentationClass" / f"{name}.png")).copy()
+    mask[0, 0] = 40
+    Image.fromarray(mask).save(bad / "SegmentationClass" / f"{name}.png")
+    code, out, err = _cli(["data", "check", "--task", "segmentation", "--data", str(bad)], capsys)
+    assert code == 2 and len(err) == 1 and f"{name}.png: label 40 outside" in err[0], err
+    assert "error:" in out and "per category (masks containing the class)" in out
+
+
+def test_invalid_area_becomes_the_box_area(tmp_path: Path) -> None:
+    """'area' is read only by COCO evaluation (small/medium/large): a bad one costs no record."""
+    Image.new("RGB", (40, 30)).save(tmp_path / "a.png")
+    anns = [{"id": 0, "image_id": 0, "category_id": 7, "bbox": [1, 1, 10, 10], "area": -3},
+            {"id": 1, "image_id": 0, "category_id": 7, "bbox": [1, 1, 5, 10], "area": "big"},
+            {"id": 2, "image_id": 0, "category_id": 7, "bbox": [1, 1, 4, 4]}]  # fmt: skip
+    ds = CocoDetection(tmp_path, _write_coco(tmp_path / "a.json", [{"id": 0, "file_name": "a.png", "height": 30, "width": 40}], anns))
+    assert (ds.num_used, ds.num_rejected, ds.area_replaced) == (3, 0, [0, 1])
+    assert [ds.coco.anns[i]["area"] for i in (0, 1, 2)] == [100.0, 50.0, 16.0]

@@ -1,18 +1,36 @@
 """Tests for bicsnet.metrics (COCO AP, mIoU, top-k) and bicsnet.viz."""
 from __future__ import annotations
 
+import contextlib
+import copy
+import io
 import json
 import math
+import types
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 from PIL import Image
+from pycocotools import mask as mask_util
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 from bicsnet.data import CocoDetection, make_coco
 from bicsnet.data.synthetic import generate
-from bicsnet.metrics import SegmentationMetric, TopKAccuracy, detections_to_coco_results, evaluate_coco
+from bicsnet.engine.adapters import DetectionTask
+from bicsnet.engine.runlog import flatten_metrics
+from bicsnet.metrics import (
+    COCO_METRIC_NAMES,
+    COCO_STAT_NAMES,
+    SegmentationMetric,
+    TopKAccuracy,
+    detections_to_coco_results,
+    evaluate_coco,
+)
 from bicsnet.viz import draw_detections, overlay_segmentation, plot_loss_curve, save_image
 
 # pycocotools calls numpy with copy=False internally; harmless, but it floods the output.
@@ -49,7 +67,9 @@ def test_ground_truth_as_detections_scores_ap_one(coco_val: CocoDetection) -> No
     metrics = evaluate_coco(coco_val.coco, results, iou_types=("bbox", "segm"))
     for iou_type in ("bbox", "segm"):
         m = metrics[iou_type]
-        assert set(m) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+        assert set(m) == set(COCO_STAT_NAMES) | {"per_class"}
+        assert [r["category_id"] for r in m["per_class"]] == coco_val.cat_ids
+        assert [r["name"] for r in m["per_class"]] == coco_val.class_names
         assert m["AP"] == pytest.approx(1.0) and m["AP50"] == pytest.approx(1.0)
         assert all(m[k] == pytest.approx(1.0) or m[k] == -1.0 for k in ("APs", "APm", "APl"))
     shifted = detections_to_coco_results(_gt_as_predictions(coco_val, shift=6.0)[0], ids, coco_val.cat_ids)
@@ -74,9 +94,193 @@ def test_results_conversion_maps_labels_and_boxes() -> None:
         detections_to_coco_results([dict(out, labels=torch.tensor([0, 1]))], [42], cat_ids=[1, 3, 5])
 
 
-def test_empty_results_give_zeros(coco_val: CocoDetection) -> None:
+# --------------------------------------------------------------------------- COCO numbers against pycocotools
+_H = _W = 128
+_CATS = [{"id": 1, "name": "apple"}, {"id": 3, "name": "fruit"}, {"id": 5, "name": "ghost"}]  # no "ghost" ground truth
+_IMAGES = [{"id": i, "width": _W, "height": _H, "file_name": f"{i}.png"} for i in (1, 2, 7)]  # 7: no ground truth
+
+
+def _rle(mask: np.ndarray) -> dict[str, Any]:
+    r = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(v) for v in r["size"]], "counts": r["counts"].decode("ascii")}
+
+
+def _box_mask(x: int, y: int, w: int, h: int, notch: bool = False) -> np.ndarray:
+    m = np.zeros((_H, _W), np.uint8)
+    m[y : y + h, x : x + w] = 1
+    if notch:  # a mask that is not its box, so segm differs from bbox
+        m[y : y + h // 3, x : x + w // 3] = 0
+    return m
+
+
+def _gt(*boxes: tuple[int, int, int, int, int, int]) -> dict[str, Any]:
+    """A COCO dataset dict from ``(image_id, category_id, x, y, w, h)``; masks fill the boxes (RLE)."""
+    anns = [
+        {"id": k + 1, "image_id": img, "category_id": cat, "bbox": [float(x), float(y), float(w), float(h)],
+         "area": float(w * h), "iscrowd": 0, "segmentation": _rle(_box_mask(x, y, w, h))}
+        for k, (img, cat, x, y, w, h) in enumerate(boxes)
+    ]  # fmt: skip
+    return {"images": copy.deepcopy(_IMAGES), "annotations": anns, "categories": copy.deepcopy(_CATS)}
+
+
+def _dets(*boxes: tuple[int, int, int, int, int, int, float]) -> list[dict[str, Any]]:
+    """Results from ``(image_id, category_id, x, y, w, h, score)``, each with a notched RLE mask."""
+    return [
+        {"image_id": img, "category_id": cat, "bbox": [float(x), float(y), float(w), float(h)], "score": score,
+         "segmentation": _rle(_box_mask(x, y, w, h, notch=True))}
+        for img, cat, x, y, w, h, score in boxes
+    ]  # fmt: skip
+
+
+#: All ground truth medium-sized (32^2 < area < 96^2).
+_MEDIUM_GT = ((1, 1, 10, 10, 40, 40), (1, 3, 60, 60, 50, 40), (2, 1, 20, 30, 60, 45))
+#: Small, medium and large ground truth.
+_MIXED_GT = ((1, 1, 5, 5, 20, 20), (1, 3, 40, 40, 40, 40), (2, 1, 10, 10, 110, 100), (2, 3, 70, 20, 50, 50),
+             (2, 3, 100, 100, 16, 16))  # fmt: skip
+_MIXED_DETS = (
+    (1, 1, 5, 5, 20, 20, 0.9),  # exact, small
+    (1, 3, 44, 43, 40, 40, 0.8),  # shifted, medium
+    (2, 1, 12, 12, 105, 96, 0.95),  # shrunk, large
+    (2, 3, 70, 20, 50, 50, 0.3),  # exact, medium, below a false positive
+    (2, 3, 0, 100, 30, 20, 0.6),  # false positive
+    (7, 1, 50, 50, 30, 30, 0.5),  # false positive on an image without ground truth
+    (1, 5, 0, 60, 20, 20, 0.4),  # a class without ground truth
+)
+
+
+def _pycocotools(dataset: dict[str, Any], results: list[dict[str, Any]], iou_type: str) -> COCOeval:
+    """``COCOeval`` run directly: results without boxes for segm; an empty result index for no results."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = copy.deepcopy(dataset)
+        gt.createIndex()
+        if results:
+            dets = copy.deepcopy(results)
+            if iou_type == "segm":
+                for d in dets:
+                    del d["bbox"]
+            dt = gt.loadRes(dets)
+        else:  # loadRes([]) raises IndexError; no results is an index with no annotations
+            dt = COCO()
+            dt.dataset = {"images": copy.deepcopy(dataset["images"]), "categories": copy.deepcopy(dataset["categories"]),
+                          "annotations": []}  # fmt: skip
+            dt.createIndex()
+        ev = COCOeval(gt, dt, iou_type)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return ev
+
+
+def _assert_stats_equal(ours: dict[str, Any], ev: COCOeval) -> None:
+    assert len(ev.stats) == len(COCO_STAT_NAMES) == 12
+    assert list(ours)[:6] == list(COCO_METRIC_NAMES)
+    for name, ref in zip(COCO_STAT_NAMES, ev.stats):
+        assert isinstance(ours[name], float)
+        assert ours[name] == pytest.approx(float(ref), abs=1e-12, rel=0), name
+
+
+@pytest.mark.parametrize("iou_type", ["bbox", "segm"])
+def test_coco_no_detections_on_medium_ground_truth_matches_pycocotools(iou_type: str) -> None:
+    dataset = _gt(*_MEDIUM_GT)
+    m = evaluate_coco(make_coco(copy.deepcopy(dataset)), [], iou_types=(iou_type,))[iou_type]
+    ev = _pycocotools(dataset, [], iou_type)
+    _assert_stats_equal(m, ev)
+    assert m["APs"] == -1.0 and m["APl"] == -1.0 and m["APm"] == 0.0 and m["AP"] == 0.0
+    assert m["ARs"] == -1.0 and m["ARl"] == -1.0 and m["AR100"] == 0.0
+    by_id = {r["category_id"]: r for r in m["per_class"]}
+    assert by_id[1]["AP"] == 0.0 and by_id[3]["AP50"] == 0.0 and by_id[3]["AR100"] == 0.0
+    assert by_id[5] == {"category_id": 5, "name": "ghost", "AP": -1.0, "AP50": -1.0, "AP75": -1.0, "AR100": -1.0}
+
+
+@pytest.mark.parametrize("with_results", [False, True])
+def test_coco_without_annotations_is_minus_one_everywhere(with_results: bool) -> None:
+    dataset = _gt()
+    results = _dets(*_MIXED_DETS) if with_results else []
+    metrics = evaluate_coco(make_coco(copy.deepcopy(dataset)), results, iou_types=("bbox", "segm"))
+    for iou_type in ("bbox", "segm"):
+        m = metrics[iou_type]
+        _assert_stats_equal(m, _pycocotools(dataset, results, iou_type))
+        assert all(m[k] == -1.0 for k in COCO_STAT_NAMES)
+        assert [r["category_id"] for r in m["per_class"]] == [1, 3, 5]
+        assert all(r[k] == -1.0 for r in m["per_class"] for k in ("AP", "AP50", "AP75", "AR100"))
+    # No images at all (an empty validation set): the same.
+    empty = make_coco({"images": [], "annotations": [], "categories": copy.deepcopy(_CATS)})
+    m = evaluate_coco(empty, [], iou_types=("bbox",))["bbox"]
+    assert all(m[k] == -1.0 for k in COCO_STAT_NAMES) and len(m["per_class"]) == 3
+
+
+@pytest.mark.parametrize("iou_type", ["bbox", "segm"])
+def test_coco_detections_match_pycocotools(iou_type: str) -> None:
+    dataset, results = _gt(*_MIXED_GT), _dets(*_MIXED_DETS)
+    m = evaluate_coco(make_coco(copy.deepcopy(dataset)), copy.deepcopy(results), iou_types=(iou_type,))[iou_type]
+    ev = _pycocotools(dataset, results, iou_type)
+    _assert_stats_equal(m, ev)
+    assert all(0.0 < m[k] < 1.0 for k in ("AP", "APs", "APm", "APl", "AR1", "AR100"))  # a case with real numbers
+    # Per class, by hand from COCOeval's precision [T, R, K, A, M] / recall [T, K, A, M]
+    # (area "all" = index 0, 100 detections = index 2; K follows the sorted category ids).
+    assert ev.params.catIds == [1, 3, 5]
+    k = ev.params.catIds.index(3)
+    prec, rec = ev.eval["precision"][:, :, k, 0, 2], ev.eval["recall"][:, k, 0, 2]
+    fruit = next(r for r in m["per_class"] if r["category_id"] == 3)
+    assert fruit["name"] == "fruit"
+    assert fruit["AP"] == pytest.approx(float(np.mean(prec[prec > -1])), abs=1e-12, rel=0)
+    assert fruit["AP50"] == pytest.approx(float(np.mean(prec[0][prec[0] > -1])), abs=1e-12, rel=0)  # iouThrs[0] = 0.5
+    assert fruit["AP75"] == pytest.approx(float(np.mean(prec[5][prec[5] > -1])), abs=1e-12, rel=0)  # iouThrs[5] = 0.75
+    assert fruit["AR100"] == pytest.approx(float(np.mean(rec[rec > -1])), abs=1e-12, rel=0)
+    assert 0.0 < fruit["AP"] < 1.0
+    ghost = next(r for r in m["per_class"] if r["category_id"] == 5)  # detections, but no ground truth
+    assert ghost["name"] == "ghost" and ghost["AP"] == ghost["AP50"] == ghost["AR100"] == -1.0
+    # The class mean over classes with ground truth is the overall AP (as COCO defines it).
+    assert m["AP"] == pytest.approx(np.mean([r["AP"] for r in m["per_class"] if r["AP"] > -1]), abs=1e-12)
+    json.dumps(m)  # metrics.json must be writable
+
+
+def test_coco_metrics_flatten_without_per_class() -> None:
+    metrics = evaluate_coco(make_coco(_gt(*_MIXED_GT)), _dets(*_MIXED_DETS), iou_types=("bbox", "segm"))
+    flat = flatten_metrics(metrics)
+    assert set(flat) == {f"{t}/{k}" for t in ("bbox", "segm") for k in COCO_STAT_NAMES}
+    assert all(isinstance(v, float) for v in flat.values())
+    assert json.loads(json.dumps(metrics)) == metrics
+
+
+class _NoDetections(torch.nn.Module):
+    """A Mask R-CNN-like model that finds nothing (torchvision still returns an empty ``masks``)."""
+
+    def forward(self, images, targets=None):
+        return [
+            {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64),
+             "masks": torch.zeros(0, 1, _H, _W)}
+            for _ in images
+        ]  # fmt: skip
+
+
+def test_detection_task_keeps_minus_one_without_detections() -> None:
+    dataset = types.SimpleNamespace(coco=make_coco(_gt(*_MEDIUM_GT)), cat_ids=[1, 3, 5])
+    image = torch.rand(3, _H, _W)
+    loader = [([image] * 2, [{"image_id": 1}, {"image_id": torch.tensor(2)}]), ([image], [{"image_id": 7}])]
+    result = DetectionTask(with_masks=None).evaluate(_NoDetections(), loader, torch.device("cpu"), dataset)
+    assert set(result.metrics) == {"bbox", "segm"} and result.artifacts["detections.json"] == []
+    for iou_type in ("bbox", "segm"):
+        m = result.metrics[iou_type]
+        _assert_stats_equal(m, _pycocotools(_gt(*_MEDIUM_GT), [], iou_type))
+        assert (m["APs"], m["APm"], m["APl"]) == (-1.0, 0.0, -1.0)
+    # An empty validation set: -1 everywhere; a mask task still reports segm.
+    empty = types.SimpleNamespace(coco=make_coco({"images": [], "annotations": [], "categories": copy.deepcopy(_CATS)}),
+                                  cat_ids=[1, 3, 5])  # fmt: skip
+    result = DetectionTask(with_masks=True).evaluate(_NoDetections(), [], torch.device("cpu"), empty)
+    assert set(result.metrics) == {"bbox", "segm"}
+    assert all(result.metrics[t][k] == -1.0 for t in ("bbox", "segm") for k in COCO_STAT_NAMES)
+    result = DetectionTask(with_masks=False).evaluate(_NoDetections(), [], torch.device("cpu"), empty)
+    assert set(result.metrics) == {"bbox"}
+
+
+def test_empty_results_on_synthetic_set_match_pycocotools(coco_val: CocoDetection) -> None:
     metrics = evaluate_coco(coco_val.coco, [], iou_types=("bbox", "segm"))
-    assert metrics == {t: dict.fromkeys(("AP", "AP50", "AP75", "APs", "APm", "APl"), 0.0) for t in ("bbox", "segm")}
+    for iou_type in ("bbox", "segm"):
+        m = metrics[iou_type]
+        _assert_stats_equal(m, _pycocotools(coco_val.coco.dataset, [], iou_type))
+        assert m["AP"] == 0.0 and all(m[k] in (0.0, -1.0) for k in COCO_STAT_NAMES)
 
 
 def test_miou_against_hand_computed_confusion() -> None:

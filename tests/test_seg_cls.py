@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch.nn import functional as F
 from PIL import Image
 
 from bicsnet.cli.main import main
@@ -286,3 +287,111 @@ def test_classification_predict(cls_run: Path, synth: dict[str, Path], tmp_path:
         probs = [t["prob"] for t in top5]
         assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0001
         assert not (out / f"{path.stem}.png").exists()
+
+
+# --------------------------------------------------------------------------- masks without a labelled pixel
+SMALL = ["--model", "bicsnet_48_tiny", "--set", "width_mult=0.125", "--set", "endpoint_channels=16",
+         "--set", "head_channels=16"]  # fmt: skip
+
+
+def _all_ignored(y: torch.Tensor) -> torch.Tensor:
+    return torch.full_like(y, 255)
+
+
+def test_segmentation_loss_without_labelled_pixels_is_zero() -> None:
+    """Both code paths: a stacked batch and a list of images of different sizes (one model call each)."""
+    from bicsnet.engine.adapters import SegmentationTask
+
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(3, 4, 1)
+    task = SegmentationTask(num_classes=4)
+    stacked = (torch.rand(2, 3, 6, 5), torch.randint(0, 4, (2, 6, 5)))
+    listed = ([torch.rand(3, 6, 5), torch.rand(3, 4, 7)], [torch.randint(0, 4, (6, 5)), torch.randint(0, 4, (4, 7))])
+    for images, masks in (stacked, listed):
+        masks = [_all_ignored(m) for m in masks] if isinstance(masks, list) else _all_ignored(masks)
+        model.zero_grad()
+        loss = task.losses(model, (images, masks), torch.device("cpu"))["loss_ce"]
+        assert loss.item() == 0.0 and loss.grad_fn is not None  # was NaN (0/0) for the stacked batch
+        loss.backward()
+        assert all(torch.equal(p.grad, torch.zeros_like(p)) for p in model.parameters())
+
+    # Partly labelled: the mean over every labelled pixel of the batch, in both paths.
+    images, masks = stacked
+    masks = masks.clone()
+    masks[0] = 255
+    masks[1, :2] = 255
+    logits = model(images)
+    expected = F.cross_entropy(logits, masks, ignore_index=255)
+    assert task.losses(model, (images, masks), torch.device("cpu"))["loss_ce"].item() == pytest.approx(expected.item())
+    listed_loss = task.losses(model, (list(images), list(masks)), torch.device("cpu"))["loss_ce"]
+    assert listed_loss.item() == pytest.approx(expected.item())
+
+
+def test_segmentation_metric_skips_batches_without_labelled_pixels() -> None:
+    metric = SegmentationMetric(3, class_names=["a", "b", "c"])
+    empty = metric.compute()
+    assert empty == {"mIoU": 0.0, "pixel_acc": 0.0, "per_class_iou": {"a": None, "b": None, "c": None}}
+    metric.update(torch.zeros(2, 4, 4, dtype=torch.int64), torch.full((2, 4, 4), 255))
+    assert int(metric.confusion.sum()) == 0 and metric.compute() == empty
+    target = torch.tensor([[0, 1], [2, 255]])
+    metric.update(torch.tensor([[0, 1], [1, 2]]), target)
+    metric.update(torch.ones(2, 2, dtype=torch.int64), torch.full((2, 2), 255))  # adds nothing
+    result = metric.compute()
+    assert int(metric.confusion.sum()) == 3
+    assert result["pixel_acc"] == pytest.approx(2 / 3)
+    assert result["per_class_iou"] == {"a": 1.0, "b": 0.5, "c": 0.0}
+    assert result["mIoU"] == pytest.approx(0.5)
+
+
+@pytest.fixture(scope="module")
+def small_synth(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return generate_synthetic(tmp_path_factory.mktemp("small"), 4, 2, 64)
+
+
+def _read_losses(run: Path) -> list[float]:
+    return [r["loss"] for r in _read_log(run / "log.csv")]
+
+
+def test_voc_training_on_all_ignored_masks(small_synth: dict[str, Path], tmp_path: Path) -> None:
+    """VOC layout whose training masks are all 255: two steps of zero loss, exit 0 (was: NaN at step 1, exit 2)."""
+    import shutil
+
+    root = Path(shutil.copytree(small_synth["voc_root"], tmp_path / "voc"))
+    for name in (root / "ImageSets" / "Segmentation" / "train.txt").read_text().split():
+        path = root / "SegmentationClass" / f"{name}.png"
+        with Image.open(path) as im:
+            blank = Image.fromarray(np.full((im.height, im.width), 255, np.uint8))
+            blank.putpalette(im.getpalette())
+        blank.save(path)
+    out = tmp_path / "run"
+    argv = ["train", "--task", "segmentation", *SMALL, "--data", str(root), "--img-size", "64", "--batch-size", "2",
+            "--max-steps", "2", "--workers", "0", "--device", "cpu", "--log-every", "1", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    assert _read_losses(out) == [0.0, 0.0]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert math.isfinite(metrics["mIoU"]) and list(metrics["per_class_iou"])[0] == "background"
+
+
+def test_per_image_training_on_all_ignored_masks(tmp_path: Path) -> None:
+    """The per-image path of the trainer: images of different sizes, unpadded, every pixel ignored."""
+    from bicsnet.models import create_model
+
+    class Blank(torch.utils.data.Dataset):
+        # One image per model call in training mode: P7 (stride 128) needs more than one pixel for its BatchNorm.
+        sizes = [(160, 136), (136, 160), (144, 144), (136, 152)]
+
+        def __len__(self) -> int:
+            return len(self.sizes)
+
+        def __getitem__(self, i: int):
+            h, w = self.sizes[i]
+            return torch.rand(3, h, w), torch.full((h, w), 255, dtype=torch.int64)
+
+    torch.manual_seed(0)
+    model = create_model("bicsnet_48_tiny", "segmentation", 3, width_mult=0.125, endpoint_channels=16, head_channels=16)
+    images, masks = segmentation_collate_unpadded([Blank()[0], Blank()[1]])
+    assert isinstance(images, list)  # the per-image path
+    cfg = TrainConfig(epochs=1, batch_size=2, max_steps=2, lr=0.01, warmup_epochs=0.0, log_every=1, ckpt_every_steps=0,
+                      device="cpu", out_dir=str(tmp_path / "run"), num_workers=0, tensorboard=False)  # fmt: skip
+    Trainer(model, "segmentation", Blank(), None, cfg, segmentation_collate_unpadded).fit()
+    assert _read_losses(tmp_path / "run") == [0.0, 0.0]

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -39,6 +39,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from torchvision.ops import FeaturePyramidNetwork
 
+from ..dataclass_checks import reject_unknown_fields
 from ..errors import ConfigError
 from .blocks import block_out_channels, create_block, list_blocks, make_divisible
 from .fusion import DOWN_SAMPLINGS, FUSIONS, BranchBase, PlainResampleBranch, ResampleBranch, SpatialFusionModule
@@ -60,6 +61,12 @@ _UNREAD_UNLESS: dict[str, tuple[str, str]] = {
     "stem_channels": ("resnet_stem", "with stem='lite' (its width is level_filters[1])"),
     "sfm_ratio": ("sfm_squeeze", "with sfm_squeeze=False (the SFM keeps the source's width)"),
 }
+
+
+def _check_one_of(name: str, value: Any, choices: Collection[str], note: str = "") -> None:
+    """Raise :class:`ConfigError` ``{name} {value!r} is not one of a, b{note}`` unless ``value`` is in ``choices``."""
+    if value not in choices:
+        raise ConfigError(f"{name} {value!r} is not one of {', '.join(choices)}{note}")
 
 
 @dataclass
@@ -125,10 +132,7 @@ class BiCSNetConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "BiCSNetConfig":
         """Inverse of :meth:`to_dict`; unknown keys are an error naming them."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ConfigError(f"unknown backbone option(s): {', '.join(unknown)}")
+        reject_unknown_fields(cls, d, "backbone option")
         d = dict(d)
         if "level_filters" in d:
             d["level_filters"] = {int(k): int(v) for k, v in d["level_filters"].items()}
@@ -142,12 +146,9 @@ class BiCSNetConfig:
             value, want = getattr(self, f.name), kinds.get(str(f.type))
             if want and (not isinstance(value, want) or (isinstance(value, bool) and bool not in want)):
                 raise ConfigError(f"{f.name}={value!r}: expected {f.type}")
-        if self.topology not in TOPOLOGIES:
-            raise ConfigError(f"topology {self.topology!r} is not one of {', '.join(TOPOLOGIES)}")
-        if self.norm not in NORM_LAYERS:
-            raise ConfigError(f"norm {self.norm!r} is not one of {', '.join(NORM_LAYERS)}")
-        if self.activation not in ACTIVATIONS:
-            raise ConfigError(f"activation {self.activation!r} is not one of {', '.join(ACTIVATIONS)}")
+        _check_one_of("topology", self.topology, TOPOLOGIES)
+        _check_one_of("norm", self.norm, NORM_LAYERS)
+        _check_one_of("activation", self.activation, ACTIVATIONS)
         if self.depth_repeat < 1:
             raise ConfigError(f"depth_repeat must be >= 1, got {self.depth_repeat}")
         if not 0 < self.sfm_ratio <= 4:
@@ -160,15 +161,11 @@ class BiCSNetConfig:
             raise ConfigError(f"stem_channels must be >= 1, got {self.stem_channels}")
         if not 0 <= self.drop_path_rate < 1:
             raise ConfigError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
-        if self.block is not None and self.block not in list_blocks():
-            known = ", ".join(list_blocks())
-            raise ConfigError(f"block {self.block!r} is not one of {known} (or None: the topology's)")
-        if self.stem not in STEMS:
-            raise ConfigError(f"stem {self.stem!r} is not one of {', '.join(STEMS)}")
-        if self.down not in DOWN_SAMPLINGS:
-            raise ConfigError(f"down {self.down!r} is not one of {', '.join(DOWN_SAMPLINGS)}")
-        if self.fusion not in FUSIONS:
-            raise ConfigError(f"fusion {self.fusion!r} is not one of {', '.join(FUSIONS)}")
+        if self.block is not None:
+            _check_one_of("block", self.block, list_blocks(), " (or None: the topology's)")
+        _check_one_of("stem", self.stem, STEMS)
+        _check_one_of("down", self.down, DOWN_SAMPLINGS)
+        _check_one_of("fusion", self.fusion, FUSIONS)
         if self.expand_ratio < 1:
             raise ConfigError(f"expand_ratio must be >= 1, got {self.expand_ratio}")
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:

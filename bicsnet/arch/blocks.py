@@ -221,7 +221,21 @@ class BottleneckBlock(_ResidualBase):
 _RESNET_BLOCKS: dict[str, type[_ResidualBase]] = {"residual": ResidualBlock, "bottleneck": BottleneckBlock}
 
 
-class BlockGroup(nn.Sequential):
+class _RepeatedBlocks(nn.Sequential):
+    """``repeats`` blocks at one level: the first maps ``in_ch`` to ``out_ch`` at ``stride``, the rest keep ``out_ch``.
+
+    ``make(in_ch, stride)`` builds one block; blocks are built first to last.
+    """
+
+    def __init__(
+        self, make: Callable[[int, int], nn.Module], in_ch: int, out_ch: int, repeats: int, stride: int
+    ) -> None:
+        super().__init__(*[make(in_ch if i == 0 else out_ch, stride if i == 0 else 1) for i in range(repeats)])
+        self.in_channels = in_ch
+        self.out_channels = out_ch
+
+
+class BlockGroup(_RepeatedBlocks):
     """``repeats`` ResNet blocks of one type at one level (Table I's depth repeat d)."""
 
     def __init__(
@@ -236,14 +250,11 @@ class BlockGroup(nn.Sequential):
         stride: int = 1,
     ) -> None:
         cls = _RESNET_BLOCKS[block]
-        out_ch = filters * BLOCK_EXPANSION[block]
-        blocks = [
-            cls(in_ch if i == 0 else out_ch, filters, norm, act, drop_path, stride if i == 0 else 1)
-            for i in range(repeats)
-        ]
-        super().__init__(*blocks)
-        self.in_channels = in_ch
-        self.out_channels = out_ch
+
+        def make(block_in: int, block_stride: int) -> nn.Module:
+            return cls(block_in, filters, norm, act, drop_path, block_stride)
+
+        super().__init__(make, in_ch, filters * BLOCK_EXPANSION[block], repeats, stride)
 
 
 def _resnet_builder(block: str) -> BlockGroupBuilder:
@@ -323,36 +334,22 @@ class MBConv(nn.Module):
         return x + self.drop_path(y) if self.use_residual else y
 
 
-class MBConvGroup(nn.Sequential):
-    """``repeats`` MBConv blocks at one level (the first may stride / change width)."""
+class MBConvGroup(_RepeatedBlocks):
+    """``repeats`` MBConv blocks at one level (the first may stride / change width), the ``mbconv`` builder.
+
+    ``filters`` wide in and out of every block but the first (no expansion of
+    the output); ``options`` (``expand_ratio``, ``kernel_size``, ``se_ratio``)
+    are :class:`MBConv`'s.
+    """
 
     def __init__(
-        self, in_ch: int, out_ch: int, repeats: int, stride: int = 1, drop_path: float = 0.0, **kw: Any
-    ) -> None:
-        blocks = [
-            MBConv(in_ch if i == 0 else out_ch, out_ch, stride if i == 0 else 1, drop_path=drop_path, **kw)
-            for i in range(repeats)
-        ]
-        super().__init__(*blocks)
-        self.in_channels, self.out_channels = in_ch, out_ch
+        self, in_ch: int, filters: int, repeats: int, stride: int = 1, norm: str = "bn", act: str = "swish",
+        drop_path: float = 0.0, **options: Any,
+    ) -> None:  # fmt: skip
+        def make(block_in: int, block_stride: int) -> nn.Module:
+            return MBConv(block_in, filters, block_stride, norm=norm, act=act, drop_path=drop_path, **options)
+
+        super().__init__(make, in_ch, filters, repeats, stride)
 
 
-@register_block("mbconv", expansion=1)
-def mbconv_group(
-    in_ch: int,
-    filters: int,
-    repeats: int,
-    stride: int,
-    norm: str,
-    act: str,
-    drop_path: float,
-    *,
-    expand_ratio: int,
-    kernel_size: int,
-    se_ratio: float,
-) -> nn.Module:
-    """MBConv group: ``filters`` wide in and out of every block but the first (no expansion of the output)."""
-    return MBConvGroup(
-        in_ch, filters, repeats, stride, drop_path,
-        expand_ratio=expand_ratio, kernel_size=kernel_size, se_ratio=se_ratio, norm=norm, act=act,
-    )  # fmt: skip
+register_block("mbconv", expansion=1)(MBConvGroup)

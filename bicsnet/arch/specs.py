@@ -82,6 +82,24 @@ def _b(name: str, part: str, level: int, block: str, *inputs: tuple[str, str], o
     return BlockSpec(name, part, level, block, tuple(Edge(s, k) for s, k in inputs), output)
 
 
+def _end_part(prev: tuple[str, str, str, str], *end7_extra: tuple[str, str]) -> tuple[BlockSpec, ...]:
+    """End Down-Sampling Part L3..L7, eq. (3): bottlenecks, every one an output.
+
+    ``prev`` names the blocks of the part before it at L3..L6. ``end3`` follows
+    ``prev[0]``, each ``end<l>`` above follows ``end<l-1>`` (D, main path), and
+    every ``end<l>`` takes the Long-Range Gap-Connection of eq. (6) from the
+    block one level below it (``stem3`` for L3, ``prev[l - 4]`` above).
+    ``end7_extra`` are further ``(source, kind)`` inputs of ``end7``.
+    """
+    mains = (prev[0], "end3", "end4", "end5", "end6")
+    below = ("stem3",) + prev
+    return tuple(
+        _b(f"end{lvl}", "end", lvl, "bottleneck", (main, "main"), (gap, "long_range_gap"),
+           *(end7_extra if lvl == 7 else ()), output=True)
+        for lvl, main, gap in zip(range(3, 8), mains, below)
+    )  # fmt: skip
+
+
 # fmt: off
 #: BiCSNet-48 (Fig. 3d). Stem: ResNet-50's, two level-2 bottlenecks as SpineNet.
 #: Down-Sampling Part L3..L7, eq. (1), each fed by D(previous) and a
@@ -104,11 +122,7 @@ BICSNET_SPECS: tuple[BlockSpec, ...] = (
     _b("up5",   "up",   5, "bottleneck", ("up6",   "main"), ("down5", "skip")),
     _b("up4",   "up",   4, "residual",   ("up5",   "main"), ("down4", "skip")),
     _b("up3",   "up",   3, "bottleneck", ("up4",   "main"), ("down3", "skip")),
-    _b("end3",  "end",  3, "bottleneck", ("up3",   "main"), ("stem3", "long_range_gap"), output=True),
-    _b("end4",  "end",  4, "bottleneck", ("end3",  "main"), ("up3",   "long_range_gap"), output=True),
-    _b("end5",  "end",  5, "bottleneck", ("end4",  "main"), ("up4",   "long_range_gap"), output=True),
-    _b("end6",  "end",  6, "bottleneck", ("end5",  "main"), ("up5",   "long_range_gap"), output=True),
-    _b("end7",  "end",  7, "bottleneck", ("end6",  "main"), ("up6",   "long_range_gap"), output=True),
+    *_end_part(("up3", "up4", "up5", "up6")),  # end3..end7
 )
 
 #: CSNet-48 (Table IX): the Up-Sampling Part replaced by a second
@@ -122,12 +136,7 @@ CSNET_SPECS: tuple[BlockSpec, ...] = BICSNET_SPECS[:8] + (
     _b("down2_4", "down2", 4, "residual",   ("down2_3", "main"), ("down4", "skip")),
     _b("down2_5", "down2", 5, "bottleneck", ("down2_4", "main"), ("down5", "skip")),
     _b("down2_6", "down2", 6, "residual",   ("down2_5", "main"), ("down6", "skip")),
-    _b("end3",    "end",   3, "bottleneck", ("down2_3", "main"), ("stem3", "long_range_gap"), output=True),
-    _b("end4",    "end",   4, "bottleneck", ("end3",    "main"), ("down2_3", "long_range_gap"), output=True),
-    _b("end5",    "end",   5, "bottleneck", ("end4",    "main"), ("down2_4", "long_range_gap"), output=True),
-    _b("end6",    "end",   6, "bottleneck", ("end5",    "main"), ("down2_5", "long_range_gap"), output=True),
-    _b("end7",    "end",   7, "bottleneck", ("end6",    "main"), ("down2_6", "long_range_gap"), ("down7", "skip"),
-       output=True),
+    *_end_part(("down2_3", "down2_4", "down2_5", "down2_6"), ("down7", "skip")),  # end3..end7
 )
 # fmt: on
 

@@ -83,7 +83,7 @@ def run_demo(args: argparse.Namespace) -> int:
     train_s = time.perf_counter() - t0
     val_images = sorted((out / "data" / "coco" / "val").glob("*"))[:6]
     preds = api.predict(result.weights, val_images, out=out / "predictions", device=device.type, score_thresh=0.4)
-    pics = api.prediction_files(out / "predictions", preds)
+    pics = [f for p in preds for f in p.files]
     summary = {
         "model": preset["model"],
         "device": device.type,

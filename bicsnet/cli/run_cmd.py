@@ -37,7 +37,9 @@ _TRAIN_FLAGS = {
 _DATA_FLAGS = {
     "train_ann": "train_ann", "train_images": "train_images", "train_list": "train_list", "val_ann": "val_ann",
     "val_images": "val_images", "data": "data", "synth_dir": "synth_root", "synth_train": "synth_train",
-    "synth_val": "synth_val", "synth_size": "synth_size",
+    "synth_val": "synth_val", "synth_size": "synth_size", "max_skipped": "max_skipped",
+    "images": "images", "masks": "masks", "train_split": "train_split", "val_split": "val_split",
+    "ignore_index": "ignore_index", "class_names": "class_names",
 }  # fmt: skip
 
 
@@ -48,14 +50,38 @@ def add_data_args(p: argparse.ArgumentParser, train: bool = True) -> None:
         g.add_argument("--train-ann", help="COCO instances JSON for training (detection/instance)")
         g.add_argument("--train-images", help="training image folder (detection/instance)")
         g.add_argument("--train-list", help="segmentation: another list of the VOC layout, e.g. SBD train_aug.txt")
+        g.add_argument("--train-split", metavar="FILE",
+                       help="segmentation, mask folder: training list, one id (or '<image> <mask>' pair) per line")
     g.add_argument("--val-ann", help="COCO instances JSON for evaluation (detection/instance)")
     g.add_argument("--val-images", help="evaluation image folder (detection/instance)")
     g.add_argument("--data", help="segmentation: VOC root; classification: root with train/ and val/ class folders")
+    g.add_argument("--images", metavar="DIR", help="segmentation, mask folder: the images (<id>.jpg, .png, ...)")
+    g.add_argument("--masks", metavar="DIR", help="segmentation, mask folder: the label PNGs of class indices (<id>.png)")
+    g.add_argument("--val-split", metavar="FILE",
+                   help="segmentation, mask folder: validation list, one id (or '<image> <mask>' pair) per line")
+    g.add_argument("--class-names", metavar="FILE",
+                   help="segmentation: class names, one per line, label 0 first (required with --masks)")
+    g.add_argument("--ignore-index", type=int, metavar="N",
+                   help="segmentation: the mask value of unlabelled pixels, skipped by loss and mIoU (default 255)")
     g.add_argument("--synth-dir", help="where to generate the synthetic dataset (default ~/.cache/bicsnet/synthetic)")
     # Unset synthetic flags: eval takes the ones the checkpoint was trained with, else 400/100/256.
     g.add_argument("--synth-train", type=int, help="synthetic training images (default 400)")
     g.add_argument("--synth-val", type=int, help="synthetic validation images (default 100)")
     g.add_argument("--synth-size", type=int, help="synthetic image size, long side (default 256)")
+    g.add_argument(
+        "--max-skipped", type=_fraction, metavar="FRACTION",
+        help="COCO: stop when more than this share of a file's annotations is rejected as malformed (default 0.05)",
+    )  # fmt: skip
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1], got {text!r}")
+    return value
 
 
 def data_spec(args: argparse.Namespace, base: Any = None) -> Any:
@@ -181,7 +207,8 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in metrics.items() if k != "per_class_iou"}
+    """The metrics without per-class lists (they stay in metrics.json)."""
+    return {k: _headline(v) if isinstance(v, dict) else v for k, v in metrics.items() if not k.startswith("per_class")}
 
 
 def _check_out(out: Path, names: list[str], overwrite: bool) -> None:
@@ -210,10 +237,9 @@ def run_eval(args: argparse.Namespace) -> int:
 def run_predict(args: argparse.Namespace) -> int:
     from .. import api
 
-    out = Path(args.out)
-    stems = [Path(p).stem for p in args.images]
-    _check_out(out, [f"{s}{ext}" for s in stems for ext in (".json", ".png", "_mask.png")], args.overwrite)
-    preds = api.predict(args.checkpoint, args.images, out=out, score_thresh=args.score_thresh, device=args.device or "auto")
-    for path in api.prediction_files(out, preds):
-        print(path)
+    preds = api.predict(args.checkpoint, args.images, out=args.out, score_thresh=args.score_thresh,
+                        device=args.device or "auto", overwrite=args.overwrite)  # fmt: skip
+    for pred in preds:
+        for path in pred.files:
+            print(path)
     return 0

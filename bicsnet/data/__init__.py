@@ -3,18 +3,11 @@ from bicsnet.data.coco import CocoDetection, load_coco_json, make_coco
 from bicsnet.data.collate import classification_collate, detection_collate, segmentation_collate, segmentation_collate_unpadded
 from bicsnet.data.folder import ImageFolderDataset
 from bicsnet.data.image import IMAGE_EXTENSIONS, load_image, load_pil_image
+from bicsnet.data.masks import IGNORE_LABEL, MaskDataset, SegmentationFolder, read_label_png
 from bicsnet.data.palette import voc_colormap, voc_palette
 from bicsnet.data.synthetic import generate as generate_synthetic
-from bicsnet.data.transforms import (
-    RandomCropPad,
-    SanitizeDetectionTarget,
-    classification_eval_transforms,
-    classification_train_transforms,
-    detection_eval_transforms,
-    detection_train_transforms,
-    segmentation_eval_transforms,
-    segmentation_train_transforms,
-)
+from bicsnet.data import transforms
+from bicsnet.data.transforms import *  # noqa: F403  (its __all__, re-exported below)
 from bicsnet.data.voc import VOC_CLASSES, VOCSegmentation, read_class_names
 
 __all__ = [
@@ -24,6 +17,10 @@ __all__ = [
     "VOCSegmentation",
     "VOC_CLASSES",
     "read_class_names",
+    "SegmentationFolder",
+    "MaskDataset",
+    "read_label_png",
+    "IGNORE_LABEL",
     "ImageFolderDataset",
     "load_image",
     "load_pil_image",
@@ -35,12 +32,5 @@ __all__ = [
     "segmentation_collate",
     "segmentation_collate_unpadded",
     "classification_collate",
-    "RandomCropPad",
-    "SanitizeDetectionTarget",
-    "detection_train_transforms",
-    "detection_eval_transforms",
-    "segmentation_train_transforms",
-    "segmentation_eval_transforms",
-    "classification_train_transforms",
-    "classification_eval_transforms",
 ]
+__all__ += transforms.__all__

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from bicsnet.data.image import load_image
-from bicsnet.errors import DataError
+from bicsnet.errors import ConfigError, DataError
 
 __all__ = ["CocoDetection", "load_coco_json", "make_coco"]
 
@@ -26,6 +26,8 @@ logger = logging.getLogger("bicsnet.data")
 
 # A box narrower or shorter than this (pixels, after clipping) cannot be learned from.
 MIN_BOX_SIZE = 1.0
+#: Largest share of a file's annotation records that may be rejected before loading stops.
+DEFAULT_MAX_SKIPPED = 0.05
 
 Transforms = Callable[[Any, dict[str, Any]], tuple[Any, dict[str, Any]]]
 
@@ -109,6 +111,8 @@ def _rle_string_counts(text: str) -> list[int] | None:
 def _check_segmentation(seg: Any, height: int, width: int) -> tuple[Any, str | None]:
     """Validate a COCO segmentation; return (cleaned segmentation, error or None)."""
     if isinstance(seg, list):
+        if not seg:
+            return None, "empty 'segmentation' (no mask)"
         parts = []
         for part in seg:
             if not isinstance(part, list):
@@ -147,6 +151,17 @@ def _check_segmentation(seg: Any, height: int, width: int) -> tuple[Any, str | N
     return None, f"segmentation must be a polygon list or an RLE dict, got {type(seg).__name__}"
 
 
+def _segmentation_kind(err: str) -> str:
+    """The reason kind (summary and floor) of a :func:`_check_segmentation` error."""
+    if "no mask" in err:
+        return "no mask"
+    if err.startswith("polygon"):
+        return "bad polygon"
+    if "RLE" in err:
+        return "bad RLE"
+    return "bad segmentation"
+
+
 @dataclass
 class _ImageTargets:
     """Pre-validated, pre-clipped targets of one image (computed once at load time)."""
@@ -177,6 +192,26 @@ class CocoDetection(Dataset):
     is true, and raise :class:`DataError` otherwise. Duplicate ids and broken
     image/category records always raise :class:`DataError`.
 
+    Only what the task reads is checked: without ``with_masks`` the
+    ``segmentation`` field is ignored (box-only exports write ``[]`` there);
+    with ``with_masks`` an annotation without a usable polygon or RLE is
+    rejected as ``no mask``. A missing or invalid ``area`` (read only by COCO
+    evaluation, for its small/medium/large split) becomes the box area.
+    Categories that no annotation uses (a tool's placeholder/supercategory
+    entry) keep their place in :attr:`cat_ids` and are listed in
+    :attr:`empty_categories`. Image and category ids may start at 0;
+    ``file_name`` may name a file in a sub-folder of ``root_images``.
+
+    The floor: when more than ``max_skipped`` (a fraction) of the file's
+    annotation records are rejected (bad records plus degenerate boxes), or
+    none is usable, one :class:`DataError` names the file, the counts and the
+    top reasons; ``max_skipped=None`` keeps only the "none usable" rule.
+
+    After loading, :attr:`num_annotations` (records in the file),
+    :attr:`num_used`, :attr:`rejected_reasons` (kind -> count),
+    :attr:`per_category` (dataset category id -> annotations used, crowd
+    regions included) and :attr:`empty_categories` describe what was read.
+
     An image file that is missing, corrupt, or whose size differs from its
     record raises :class:`DataError` naming the file when it is loaded
     (silently substituting another sample would skew training and evaluation).
@@ -194,13 +229,19 @@ class CocoDetection(Dataset):
         transforms: Transforms | None = None,
         with_masks: bool = False,
         skip_bad: bool = True,
+        max_skipped: float | None = DEFAULT_MAX_SKIPPED,
     ) -> None:
+        if max_skipped is not None and not (_is_num(max_skipped) and 0 <= max_skipped <= 1):
+            raise ConfigError(f"--max-skipped {max_skipped!r}: must be a fraction in [0, 1]")
         self.root = Path(root_images)
         self.ann_file = Path(ann_file)
         self.transforms = transforms
         self.with_masks = with_masks
         self.skip_bad = skip_bad
+        self.max_skipped = max_skipped
         data = load_coco_json(self.ann_file)
+        #: Annotation records in the file (before any is rejected).
+        self.num_annotations: int = len(data["annotations"])
         cleaned = self._validate(data)
         self.coco = make_coco(cleaned)
         self.cat_ids: list[int] = sorted(self.coco.cats)
@@ -212,16 +253,39 @@ class CocoDetection(Dataset):
         #: Annotation ids whose boxes were dropped as degenerate (<= MIN_BOX_SIZE after clipping).
         self.dropped_boxes: list[int] = []
         self._targets = [self._prepare(i) for i in self.ids]
+        #: Annotations used per dataset category id (every category, 0 for those without any).
+        self.per_category: dict[int, int] = {c: 0 for c in self.cat_ids}
+        for ann in self.coco.anns.values():
+            self.per_category[ann["category_id"]] += 1
+        for aid in self.dropped_boxes:
+            self.per_category[self.coco.anns[aid]["category_id"]] -= 1
+        #: Category ids that no usable annotation refers to (kept in ``cat_ids``; labels do not shift).
+        self.empty_categories: list[int] = [c for c in self.cat_ids if not self.per_category[c]]
+        #: Annotations that reach the model (boxes and crowd regions).
+        self.num_used: int = sum(self.per_category.values())
+        #: Why records were rejected: kind -> count (bad records and degenerate boxes).
+        self.rejected_reasons: dict[str, int] = dict(self._n_bad)
+        if self._n_degenerate:
+            self.rejected_reasons["degenerate box"] = self._n_degenerate
+        self._check_floor()  # before the summary: a stop is one line
         self._log_summary()
 
     # ------------------------------------------------------------------ loading
-    def _bad(self, ann: Any, index: int, reason: str) -> None:
-        """Count a bad annotation record, or raise when bad records are not tolerated."""
+    @property
+    def num_rejected(self) -> int:
+        """Annotation records not used: malformed ones and degenerate boxes."""
+        return self.num_annotations - self.num_used
+
+    def _bad(self, ann: Any, index: int, reason: str, kind: str | None = None) -> None:
+        """Count a bad annotation record, or raise when bad records are not tolerated.
+
+        ``kind`` groups the summary and the floor's reasons (default: ``reason`` up to its first colon).
+        """
         aid = ann.get("id") if isinstance(ann, dict) else None
         where = f"annotation id {aid}" if _is_int(aid) else f"annotations[{index}]"
         if not self.skip_bad:
             raise DataError(f"{self.ann_file}: {where}: {reason}")
-        kind = reason.split(":")[0]  # group the summary by kind, not by offending value
+        kind = kind or reason.split(":")[0]  # group the summary by kind, not by offending value
         self._n_bad[kind] = self._n_bad.get(kind, 0) + 1
         self.skipped.append(f"{where}: {reason}")
 
@@ -231,6 +295,8 @@ class CocoDetection(Dataset):
         self._n_bad: dict[str, int] = {}
         #: Every annotation record skipped as malformed, as "annotation id N: reason".
         self.skipped: list[str] = []
+        #: Annotation ids whose invalid 'area' was replaced by the box area.
+        self.area_replaced: list[int] = []
         images: dict[int, dict[str, Any]] = {}
         for i, im in enumerate(data["images"]):
             if not isinstance(im, dict) or not _is_int(im.get("id")):
@@ -278,30 +344,35 @@ class CocoDetection(Dataset):
                 continue
             bbox = ann.get("bbox")
             if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_num(v) for v in bbox)):
-                self._bad(ann, i, "'bbox' must be a list of 4 finite numbers [x, y, w, h]")
+                self._bad(ann, i, "'bbox' must be a list of 4 finite numbers [x, y, w, h]", "bad bbox")
                 continue
             if bbox[2] < 0 or bbox[3] < 0:
                 self._bad(ann, i, "negative bbox width or height")
                 continue
             iscrowd = ann.get("iscrowd", 0)
             if iscrowd not in (0, 1):  # also accepts True/False
-                self._bad(ann, i, f"'iscrowd' must be 0 or 1: got {iscrowd!r}")
+                self._bad(ann, i, f"'iscrowd' must be 0 or 1: got {iscrowd!r}", "bad iscrowd")
                 continue
-            area = ann.get("area", bbox[2] * bbox[3])
-            if not _is_num(area) or area < 0:
-                self._bad(ann, i, "'area' must be a non-negative number")
-                continue
+            # Only COCO evaluation reads 'area' (its small/medium/large split): a missing or
+            # invalid one is not worth a record, the box area stands in (as pycocotools' loadRes).
+            area = ann.get("area")
+            if not (_is_num(area) and area >= 0):
+                if "area" in ann:
+                    self.area_replaced.append(aid)
+                area = bbox[2] * bbox[3]
             clean = dict(ann, iscrowd=int(iscrowd), area=float(area))
-            if "segmentation" in ann:
+            # The segmentation is read only for masks: box-only exports write [] (or nothing) there.
+            clean.pop("segmentation", None)
+            if self.with_masks:
+                if "segmentation" not in ann:
+                    self._bad(ann, i, "missing 'segmentation' (no mask)", "no mask")
+                    continue
                 img = images[ann["image_id"]]
                 seg, err = _check_segmentation(ann["segmentation"], img["height"], img["width"])
                 if err is not None:
-                    self._bad(ann, i, f"bad segmentation: {err}")
+                    self._bad(ann, i, f"bad segmentation: {err}", _segmentation_kind(err))
                     continue
                 clean["segmentation"] = seg
-            elif self.with_masks:
-                self._bad(ann, i, "missing 'segmentation' (needed for masks)")
-                continue
             anns.append(clean)
 
         out = {k: v for k, v in data.items() if k not in ("images", "annotations", "categories")}
@@ -349,8 +420,33 @@ class CocoDetection(Dataset):
         if self._n_bad:
             detail = ", ".join(f"{n} {reason}" for reason, n in sorted(self._n_bad.items()))
             msg += f", skipped {sum(self._n_bad.values())} bad annotation records ({detail}: {_first(self.skipped)})"
+        if self.area_replaced:
+            n, ids = len(self.area_replaced), _first(self.area_replaced)
+            msg += f", replaced {n} invalid 'area' value(s) by the box area (annotation ids {ids})"
+        if self.empty_categories:
+            names = [f"{c} {self.coco.cats[c]['name']!r}" for c in self.empty_categories]
+            msg += f"; categories with no annotations (kept, ids unchanged): {_first(names)}"
         level = logging.WARNING if (self._n_bad or self._n_degenerate) else logging.INFO
         logger.log(level, msg)
+
+    def _check_floor(self) -> None:
+        """Stop when more than ``max_skipped`` of the records were rejected, or none is usable."""
+        total, rejected = self.num_annotations, self.num_rejected
+        reasons = ", ".join(f"{k} ({n})" for k, n in sorted(self.rejected_reasons.items(), key=lambda kv: (-kv[1], kv[0]))[:3])
+        if self.num_used and not any(len(t.labels) for t in self._targets):
+            raise DataError(f"{self.ann_file}: no usable annotation: the {self.num_used} used are all crowd regions (iscrowd=1)")
+        if self.num_used == 0:
+            if total == 0:
+                raise DataError(f"{self.ann_file}: no annotations (images: {len(self.ids)}); nothing to train or evaluate on")
+            hint = ""
+            if self.with_masks and self.rejected_reasons.get("no mask", 0) == rejected:
+                hint = " - box-only data? use --task detection"
+            raise DataError(f"{self.ann_file}: no usable annotation: all {total} rejected: {reasons}{hint}")
+        if self.max_skipped is not None and rejected > self.max_skipped * total:
+            raise DataError(
+                f"{self.ann_file}: {rejected} of {total} annotations ({100 * rejected / total:.3g}%) rejected, "
+                f"more than --max-skipped {100 * self.max_skipped:.3g}%: {reasons}"
+            )
 
     # ------------------------------------------------------------------ access
     def __len__(self) -> int:

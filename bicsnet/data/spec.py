@@ -17,8 +17,9 @@ from ..errors import ConfigError
 
 __all__ = ["DataSpec", "TaskData", "DATA_FLAGS"]
 
-#: The location fields of :class:`DataSpec` (as CLI flags: ``--train-ann`` ...).
-DATA_FLAGS = ("train_ann", "train_images", "val_ann", "val_images", "data", "train_list")
+#: The fields of :class:`DataSpec` that only some tasks read (as CLI flags: ``--train-ann`` ...): locations and their options.
+DATA_FLAGS = ("train_ann", "train_images", "val_ann", "val_images", "data", "train_list",
+              "images", "masks", "train_split", "val_split", "ignore_index", "class_names")
 
 
 def _flag(name: str) -> str:
@@ -35,10 +36,17 @@ class DataSpec:
         data: a VOC root (segmentation) or a root with ``train/`` and ``val/``
             class folders (classification).
         train_list: another training list of the VOC layout (e.g. SBD's ``train_aug.txt``).
+        images, masks, train_split, val_split: semantic segmentation from any mask folder
+            (:class:`~bicsnet.data.masks.SegmentationFolder`): image and label-PNG folders and
+            split lists of ids (or of ``<image> <mask>`` pairs).
+        ignore_index: the mask value of unlabelled pixels (``None``: 255, VOC's; Stanford Background: 15).
+        class_names: a text file of class names, one per line, label 0 first.
         synth_root: where the synthetic set is generated (default :meth:`default_root`).
         synth_train, synth_val, synth_size: synthetic images per split and their size in pixels.
         seed: the synthetic set's seed.
         scale_range: scale jitter of training images (Section V-A1: [0.5, 2.0]).
+        max_skipped: largest share of a COCO file's annotation records that may be rejected
+            (malformed, degenerate box) before loading stops with a DataError (``--max-skipped``).
     """
 
     train_ann: str | None = None
@@ -47,12 +55,19 @@ class DataSpec:
     val_images: str | None = None
     data: str | None = None
     train_list: str | None = None
+    images: str | None = None
+    masks: str | None = None
+    train_split: str | None = None
+    val_split: str | None = None
+    ignore_index: int | None = None
+    class_names: str | None = None
     synth_root: str | None = None
     synth_train: int = 400
     synth_val: int = 100
     synth_size: int = 256
     seed: int = 0
     scale_range: tuple[float, float] = (0.5, 2.0)
+    max_skipped: float = 0.05
 
     @staticmethod
     def default_root() -> Path:
@@ -69,7 +84,7 @@ class DataSpec:
         Raises:
             ConfigError: naming the foreign flags and those ``task`` reads.
         """
-        given = [_flag(f) for f in DATA_FLAGS if getattr(self, f) and f not in flags]
+        given = [_flag(f) for f in DATA_FLAGS if getattr(self, f) not in (None, "") and f not in flags]
         if given:
             wanted = "/".join(_flag(f) for f in flags) or "no data flags"
             raise ConfigError(f"{', '.join(given)}: not used by task {task!r}, which reads {wanted}")

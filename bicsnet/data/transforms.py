@@ -110,6 +110,23 @@ class SanitizeDetectionTarget:
         return f"{type(self).__name__}(min_size={self.min_size})"
 
 
+def _jitter_crop_flip(size: int, scale_range: tuple[float, float], hflip: float, mask_fill: int) -> list[Any]:
+    """The shared training steps: float [0, 1] image, scale jitter, crop / pad to ``size x size``, flip.
+
+    The long side becomes ``size * s`` (``s`` uniform in ``scale_range``); the
+    bottom/right padding fills images with 0 and masks with ``mask_fill``.
+    """
+    lo, hi = _check_scale_range(scale_range)
+    return [
+        v2.ToDtype(torch.float32, scale=True),
+        # ScaleJitter scales by min(target/h, target/w) * s: for a square target
+        # that puts the long side at size * s.
+        ScaleJitter(target_size=(size, size), scale_range=(lo, hi), antialias=True),
+        RandomCropPad(size, mask_fill=mask_fill),
+        v2.RandomHorizontalFlip(p=hflip),
+    ]
+
+
 def detection_train_transforms(
     img_size: int, scale_range: tuple[float, float] = (0.5, 2.0), hflip: float = 0.5
 ) -> v2.Compose:
@@ -120,18 +137,7 @@ def detection_train_transforms(
     ``img_size x img_size``, flips horizontally with probability ``hflip``, and
     drops boxes (with their labels and masks) left empty by the crop.
     """
-    lo, hi = _check_scale_range(scale_range)
-    return v2.Compose(
-        [
-            v2.ToDtype(torch.float32, scale=True),
-            # ScaleJitter scales by min(target/h, target/w) * s: for a square target
-            # that puts the long side at img_size * s.
-            ScaleJitter(target_size=(img_size, img_size), scale_range=(lo, hi), antialias=True),
-            RandomCropPad(img_size, mask_fill=0),
-            v2.RandomHorizontalFlip(p=hflip),
-            SanitizeDetectionTarget(),
-        ]
-    )
+    return v2.Compose([*_jitter_crop_flip(img_size, scale_range, hflip, mask_fill=0), SanitizeDetectionTarget()])
 
 
 def detection_eval_transforms() -> v2.Compose:
@@ -151,15 +157,7 @@ def segmentation_train_transforms(crop: int = 512, scale_range: tuple[float, flo
     randomly crops / pads to ``crop x crop`` (image pad 0, mask pad 255 =
     ignore) and flips horizontally. Masks are resized with nearest neighbour.
     """
-    lo, hi = _check_scale_range(scale_range)
-    return v2.Compose(
-        [
-            v2.ToDtype(torch.float32, scale=True),
-            ScaleJitter(target_size=(crop, crop), scale_range=(lo, hi), antialias=True),
-            RandomCropPad(crop, mask_fill=255),
-            v2.RandomHorizontalFlip(p=hflip),
-        ]
-    )
+    return v2.Compose(_jitter_crop_flip(crop, scale_range, hflip, mask_fill=255))
 
 
 def segmentation_eval_transforms() -> v2.Compose:

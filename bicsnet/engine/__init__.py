@@ -21,15 +21,8 @@ from .checkpoint import (
     save_training_state,
 )
 from .distributed import get_rank, get_world_size, init_distributed, is_main_process, shutdown_distributed
-from .hooks import (
-    BestCheckpoint,
-    EarlyStopping,
-    HookBase,
-    LRSchedule,
-    PeriodicCheckpoint,
-    PeriodicEval,
-    PeriodicLogger,
-)
+from . import hooks
+from .hooks import *  # noqa: F403  (its __all__, re-exported below)
 from .schedule import build_scheduler, lr_factor
 from .adapters import ClassificationTask, DetectionTask, EvalResult, SegmentationTask, Task
 from .trainer import TrainConfig, Trainer, evaluate_model, write_eval_outputs
@@ -38,8 +31,8 @@ __all__ = [
     "CheckpointSet", "LoadReport", "RunCheckpointer", "load_backbone_weights", "load_model", "load_state_into",
     "load_training_state", "read_model_meta", "save_model", "save_training_state",
     "get_rank", "get_world_size", "init_distributed", "is_main_process", "shutdown_distributed",
-    "BestCheckpoint", "EarlyStopping", "HookBase", "LRSchedule", "PeriodicCheckpoint", "PeriodicEval", "PeriodicLogger",
     "build_scheduler", "lr_factor",
     "ClassificationTask", "DetectionTask", "EvalResult", "SegmentationTask", "Task",
     "TrainConfig", "Trainer", "evaluate_model", "write_eval_outputs",
 ]  # fmt: skip
+__all__ += hooks.__all__

@@ -98,7 +98,9 @@ class DetectionTask(Task):
         model.eval()
         results: list[dict[str, Any]] = []
         saw_masks = False
+        seen = 0  # images evaluated on this rank
         for images, targets in loader:
+            seen += len(images)
             outputs = model([img.to(device, non_blocking=True) for img in images])
             outputs = [{k: v.detach().cpu() for k, v in out.items()} for out in outputs]
             has_masks = any("masks" in out for out in outputs)
@@ -107,15 +109,19 @@ class DetectionTask(Task):
             image_ids = [int(t["image_id"]) for t in targets]
             # Converted per batch so masks are kept as compact RLE, not full-size tensors.
             results.extend(detections_to_coco_results(outputs, image_ids, dataset.cat_ids, with_masks=with_masks))
-        gathered = all_gather_objects((results, saw_masks))
+        gathered = all_gather_objects((results, saw_masks, seen))
         metrics: dict[str, Any] | None = None
         all_results: list[dict[str, Any]] = []
         if is_main_process():
-            for part, _ in gathered:
+            for part, _, _ in gathered:
                 all_results.extend(part)
-            any_masks = any(flag for _, flag in gathered)
-            masks = any_masks if self.with_masks is None else (self.with_masks and any_masks)
+            any_masks = any(flag for _, flag, _ in gathered)
+            # No image on any rank (empty validation set): nothing says the model lacks masks,
+            # so with_masks=True still scores segm (every number -1, as pycocotools gives).
+            no_images = not any(n for _, _, n in gathered)
+            masks = any_masks if self.with_masks is None else (self.with_masks and (any_masks or no_images))
             iou_types = ("bbox", "segm") if masks else ("bbox",)
+            # No results (on any rank) still goes through COCOeval: -1 where there is no ground truth.
             metrics = evaluate_coco(dataset.coco, all_results, iou_types=iou_types)
         metrics = broadcast_object(metrics)
         artifacts = {"detections.json": all_results} if is_main_process() else {}
@@ -163,7 +169,9 @@ class SegmentationTask(Task):
         num_classes: number of classes (needed so every rank builds the same
             accumulator); ``None`` takes it from ``dataset.num_classes``,
             ``len(dataset.class_names)`` or the logits.
-        ignore_index: mask value excluded from loss and metrics.
+        ignore_index: mask value excluded from loss and metrics. The datasets of
+            :mod:`bicsnet.data.masks` give ignored pixels as 255 whatever value
+            their files use (``--ignore-index``), so the task table keeps 255.
     """
 
     name = "segmentation"
@@ -186,22 +194,26 @@ class SegmentationTask(Task):
         return [(image[None], mask[None]) for image, mask in zip(images, masks)]
 
     def losses(self, model: nn.Module, batch: Any, device: torch.device) -> dict[str, torch.Tensor]:
+        """``{"loss_ce"}``: the mean cross-entropy over every labelled pixel of the batch.
+
+        A batch without a labelled pixel (every mask all ``ignore_index``) gives
+        exactly 0, still attached to the graph, so backward and DDP's gradient
+        all-reduce run as usual (``F.cross_entropy``'s mean would be 0/0 = NaN).
+        """
         images, masks = batch
-        pairs = self._pairs(images, masks)
-        if len(pairs) == 1:
-            x, y = pairs[0]
-            y = y.to(device, non_blocking=True)
-            logits = self._match_size(model(x.to(device, non_blocking=True)), y.shape[-2:])
-            return {"loss_ce": F.cross_entropy(logits.float(), y, ignore_index=self.ignore_index)}
-        # Images of different sizes: the mean over every labelled pixel of the batch.
-        total, count = None, 0
-        for x, y in pairs:
+        total: torch.Tensor | None = None
+        count: torch.Tensor | None = None
+        # A stacked batch is one pair; images of different sizes go through the model one by one.
+        for x, y in self._pairs(images, masks):
             y = y.to(device, non_blocking=True)
             logits = self._match_size(model(x.to(device, non_blocking=True)), y.shape[-2:])
             part = F.cross_entropy(logits.float(), y, ignore_index=self.ignore_index, reduction="sum")
+            labelled = (y != self.ignore_index).sum()
             total = part if total is None else total + part
-            count += int((y != self.ignore_index).sum())
-        return {"loss_ce": total / max(count, 1)}
+            count = labelled if count is None else count + labelled
+        if total is None or count is None:
+            raise ValueError("segmentation batch without images")
+        return {"loss_ce": total / count.clamp(min=1)}
 
     def _classes(self, dataset: Any) -> int | None:
         if self.num_classes is not None:

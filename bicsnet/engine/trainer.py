@@ -54,6 +54,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from ..dataclass_checks import reject_unknown_fields
 from ..errors import BicsnetError, CheckpointError, ConfigError
 from ..io import atomic_write_json
 from .checkpoint import RunCheckpointer, load_model, load_state_into, load_training_state
@@ -275,10 +276,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
         """Inverse of :meth:`to_dict`; unknown keys raise :class:`ConfigError`."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown training option(s): {', '.join(unknown)}")
+        reject_unknown_fields(cls, data, "training option")
         values = dict(data)
         if "step_milestones" in values:
             values["step_milestones"] = tuple(values["step_milestones"])
@@ -566,6 +564,23 @@ class Trainer:
         self.saved_step = self.step
         barrier()
 
+    def _check_same_global_batch(self, state: Mapping[str, Any], source: Path) -> None:
+        """Refuse a resume whose global batch differs from the checkpoint's.
+
+        Progress is counted in steps of the global batch: with another batch
+        the saved step would stand for another number of images, and the run
+        would end having seen more or fewer samples than its epochs ask for.
+        """
+        sampler = state.get("sampler", {})
+        batch, world = int(sampler.get("batch_size", self.config.batch_size)), int(sampler.get("world_size", self.world_size))
+        old, new, step = batch * world, self.config.batch_size * self.world_size, int(state["step"])
+        if old != new:
+            raise ConfigError(
+                f"{source}: step {step} was trained with a global batch of {old} (batch_size {batch} x {world} "
+                f"process(es)), this run has {new}; resuming would count its {step} steps as {step * new} images "
+                f"instead of {step * old}. Resume with batch_size x processes = {old}, or start a new run"
+            )
+
     def _resume(self) -> None:
         ckpt = self.checkpointer.latest()
         for problem in self.checkpointer.problems:
@@ -579,6 +594,7 @@ class Trainer:
         state = load_training_state(ckpt.state)
         if state.get("checkpoint", {}).get("save_id") != ckpt.save_id:
             raise CheckpointError(f"{ckpt.state}: does not belong to {ckpt.weights} (different save id)")
+        self._check_same_global_batch(state, ckpt.state)
         if self.ema is not None:
             if ckpt.ema is None or state.get("ema") is None:
                 raise CheckpointError(f"{ckpt.state}: EMA is on but the checkpoint has no EMA weights")

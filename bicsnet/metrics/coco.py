@@ -13,12 +13,15 @@ from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-__all__ = ["detections_to_coco_results", "evaluate_coco", "COCO_METRIC_NAMES"]
+__all__ = ["detections_to_coco_results", "evaluate_coco", "COCO_METRIC_NAMES", "COCO_STAT_NAMES"]
 
 logger = logging.getLogger("bicsnet.metrics")
 
 #: The first six numbers of ``COCOeval.stats``, in order.
 COCO_METRIC_NAMES: tuple[str, ...] = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+#: All twelve numbers of ``COCOeval.stats`` for ``bbox`` / ``segm``, in order:
+#: the AP numbers, then average recall at 1, 10, 100 detections and by size.
+COCO_STAT_NAMES: tuple[str, ...] = COCO_METRIC_NAMES + ("AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
 
 def _numpy(x: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -86,17 +89,73 @@ def _quiet(fn: Any, *args: Any) -> Any:
     return value
 
 
+def _empty_results(coco_gt: COCO) -> COCO:
+    """The result index ``coco_gt.loadRes`` would build for no detections (it fails on an empty list)."""
+    res = COCO()
+    res.dataset = {
+        "info": copy.deepcopy(coco_gt.dataset.get("info", {})),
+        "images": list(coco_gt.dataset.get("images", [])),
+        "categories": copy.deepcopy(coco_gt.dataset.get("categories", [])),
+        "annotations": [],
+    }
+    _quiet(res.createIndex)
+    return res
+
+
+def _mean_valid(values: np.ndarray) -> float:
+    """Mean of the entries > -1, or -1 when there are none (as ``COCOeval.summarize``)."""
+    valid = values[values > -1]
+    return float(np.mean(valid)) if valid.size else -1.0
+
+
+def _per_class(evaluator: COCOeval, coco_gt: COCO) -> list[dict[str, Any]]:
+    """AP, AP50, AP75 and AR100 of each category (area "all", 100 detections), -1 without ground truth.
+
+    Computed from ``evaluator.eval["precision"]`` / ``["recall"]`` exactly as
+    ``COCOeval.summarize`` computes the overall numbers, restricted to one
+    category.
+    """
+    p = evaluator.params
+    precision = evaluator.eval["precision"]  # [T, R, K, A, M]
+    recall = evaluator.eval["recall"]  # [T, K, A, M]
+    a = p.areaRngLbl.index("all")
+    m = p.maxDets.index(100)  # summarize's AP and AR100
+    t50 = np.where(p.iouThrs == 0.5)[0]
+    t75 = np.where(p.iouThrs == 0.75)[0]
+    rows: list[dict[str, Any]] = []
+    for k, cat_id in enumerate(p.catIds):
+        cat = coco_gt.cats.get(cat_id, {})
+        prec = precision[:, :, k, a, m]
+        rows.append(
+            {
+                "category_id": int(cat_id),
+                "name": str(cat.get("name", cat_id)),
+                "AP": _mean_valid(prec),
+                "AP50": _mean_valid(prec[t50]),
+                "AP75": _mean_valid(prec[t75]),
+                "AR100": _mean_valid(recall[:, k, a, m]),
+            }
+        )
+    return rows
+
+
 def evaluate_coco(
     coco_gt: COCO,
     results: list[dict[str, Any]],
     iou_types: Iterable[str] = ("bbox",),
     img_ids: Sequence[int] | None = None,
-) -> dict[str, dict[str, float]]:
+) -> dict[str, dict[str, Any]]:
     """Evaluate COCO results with pycocotools ``COCOeval``.
 
-    Returns ``{iou_type: {"AP", "AP50", "AP75", "APs", "APm", "APl"}}`` as
-    fractions in [0, 1]; as in pycocotools, -1 means the ground truth has no
-    object in that size range. With no results every number is 0.
+    Returns, for each iou type, the twelve numbers of ``COCOeval.stats``
+    (:data:`COCO_STAT_NAMES`: ``AP``, ``AP50``, ``AP75``, ``APs``, ``APm``,
+    ``APl``, ``AR1``, ``AR10``, ``AR100``, ``ARs``, ``ARm``, ``ARl``) as
+    fractions in [0, 1], and ``per_class``: one record per ground-truth
+    category, ``{"category_id", "name", "AP", "AP50", "AP75", "AR100"}``.
+    As in pycocotools, -1 means there is no ground truth to score against
+    (none in that size range, none of that category, or no annotations at
+    all), whether or not there are results; with no results a category
+    that has ground truth scores 0.
     ``img_ids`` restricts evaluation to those images (default: all in
     ``coco_gt``). For ``"segm"``, boxes are dropped from the results so that
     pycocotools uses the mask area for the size ranges.
@@ -105,20 +164,22 @@ def evaluate_coco(
     if unknown:
         # pycocotools would fail with a bare assertion; say which ids are wrong.
         raise ValueError(f"results refer to image ids not in the ground truth: {sorted(unknown)[:10]}")
-    metrics: dict[str, dict[str, float]] = {}
+    metrics: dict[str, dict[str, Any]] = {}
     for iou_type in iou_types:
         if iou_type not in ("bbox", "segm"):
             raise ValueError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
-        if not results:
-            metrics[iou_type] = {name: 0.0 for name in COCO_METRIC_NAMES}
-            continue
-        dets = copy.deepcopy(results)  # loadRes adds fields to the records it gets
-        if iou_type == "segm":
-            if any("segmentation" not in d for d in dets):
-                raise ValueError("segm evaluation needs a 'segmentation' in every result")
-            for d in dets:
-                d.pop("bbox", None)
-        coco_dt = _quiet(coco_gt.loadRes, dets)
+        if results:
+            dets = copy.deepcopy(results)  # loadRes adds fields to the records it gets
+            if iou_type == "segm":
+                if any("segmentation" not in d for d in dets):
+                    raise ValueError("segm evaluation needs a 'segmentation' in every result")
+                for d in dets:
+                    d.pop("bbox", None)
+            coco_dt = _quiet(coco_gt.loadRes, dets)
+        else:
+            # No detections is still an evaluation: ground truth that exists is missed (0),
+            # ground truth that does not exist gives -1.
+            coco_dt = _empty_results(coco_gt)
         evaluator = COCOeval(coco_gt, coco_dt, iou_type)
         if img_ids is not None:
             evaluator.params.imgIds = sorted(int(i) for i in img_ids)
@@ -128,5 +189,7 @@ def evaluate_coco(
         with contextlib.redirect_stdout(buf):
             evaluator.summarize()
         logger.info("COCO %s evaluation:\n%s", iou_type, buf.getvalue().rstrip())
-        metrics[iou_type] = {name: float(v) for name, v in zip(COCO_METRIC_NAMES, evaluator.stats[:6])}
+        section: dict[str, Any] = {name: float(v) for name, v in zip(COCO_STAT_NAMES, evaluator.stats)}
+        section["per_class"] = _per_class(evaluator, coco_gt)
+        metrics[iou_type] = section
     return metrics

@@ -14,9 +14,11 @@ __all__ = ["SegmentationMetric"]
 class SegmentationMetric:
     """Accumulate a ``num_classes x num_classes`` confusion matrix (rows = ground truth).
 
-    Pixels whose target is ``ignore_index`` are skipped. ``compute`` gives
-    ``mIoU`` (mean over classes present in prediction or ground truth),
-    ``pixel_acc`` and ``per_class_iou`` (``None`` for absent classes).
+    Pixels whose target is ``ignore_index`` are skipped: a batch without a
+    labelled pixel adds nothing. ``compute`` gives ``mIoU`` (mean over classes
+    present in prediction or ground truth), ``pixel_acc`` and ``per_class_iou``
+    keyed by class name (``None`` for absent classes); with no labelled pixel at
+    all, ``mIoU`` and ``pixel_acc`` are 0, never NaN (``metrics.json`` stays valid JSON).
     """
 
     def __init__(self, num_classes: int, ignore_index: int = 255, class_names: Sequence[str] | None = None) -> None:

@@ -45,6 +45,7 @@ __all__ = [
     "BiCSNetRetinaNet",
     "BiCSNetMaskRCNN",
     "retinanet_anchor_generator",
+    "pyramid_strides",
 ]
 
 
@@ -75,6 +76,11 @@ class DetectionTransform(GeneralizedRCNNTransform):
                 masks = target["masks"][:, None].float()
                 target["masks"] = nn.functional.interpolate(masks, size=size)[:, 0].byte()
         return image, target
+
+
+def pyramid_strides(backbone: nn.Module) -> list[int]:
+    """Strides of ``backbone``'s outputs in ``out_features`` order (P3..P7: 8..128)."""
+    return [backbone.strides[p] for p in backbone.out_features]
 
 
 def retinanet_anchor_generator(strides: list[int], anchor_scale: float = 3.0) -> AnchorGenerator:
@@ -156,8 +162,7 @@ class BiCSNetRetinaNet(RetinaNet):
         crowd_ioa_thresh: float = 0.5,
         head: RetinaNetHead | None = None,
     ) -> None:
-        strides = [backbone.strides[p] for p in backbone.out_features]
-        anchors = retinanet_anchor_generator(strides, anchor_scale)
+        anchors = retinanet_anchor_generator(pyramid_strides(backbone), anchor_scale)
         num_anchors = anchors.num_anchors_per_location()[0]
         if head is None:
             # Box and class subnets: 4 conv layers each (torchvision's), focal loss ours.
@@ -226,7 +231,7 @@ class BiCSNetMaskRCNN(MaskRCNN):
     ) -> None:
         c = backbone.out_channels
         names = backbone.out_features
-        strides = [backbone.strides[p] for p in names]
+        strides = pyramid_strides(backbone)
         anchors = AnchorGenerator(tuple((anchor_scale * s,) for s in strides), ((0.5, 1.0, 2.0),) * len(strides))
         norm = head_norm_layer(head_norm)
         super().__init__(

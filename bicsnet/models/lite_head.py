@@ -16,11 +16,16 @@ from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.retinanet import RetinaNetHead, RetinaNetRegressionHead
 
 from ..arch.layers import make_act
-from .detection import FocalLossClassificationHead, head_norm_layer, retinanet_anchor_generator
+from .detection import FocalLossClassificationHead, head_norm_layer, pyramid_strides, retinanet_anchor_generator
 
-__all__ = ["SeparableConv", "SeparableClassificationHead", "SeparableRegressionHead", "SeparableRetinaNetHead", "build_lite_head"]
-
-
+__all__ = [
+    "SeparableConv",
+    "SeparableSubnet",
+    "SeparableClassificationHead",
+    "SeparableRegressionHead",
+    "SeparableRetinaNetHead",
+    "build_lite_head",
+]
 
 
 def _head_norm(kind: str, channels: int) -> nn.Module:
@@ -38,11 +43,13 @@ class SeparableConv(nn.Sequential):
         )
 
 
-class _SeparableSubnet(nn.Module):
+class SeparableSubnet(nn.Module):
     """``num_layers`` x (separable conv, norm, act) shared across levels, then a separable predictor.
 
-    As EfficientDet's box/class nets: the convolutions are shared by every
-    level, each level has its own norm layers (statistics differ per level).
+    Level ``level``'s ``(N, in_ch, H, W)`` becomes ``(N, out_ch, H, W)``; the
+    predictor's bias starts at ``prior_bias``. As EfficientDet's box/class
+    nets: the convolutions are shared by every level, each level has its own
+    norm layers (statistics differ per level).
     """
 
     def __init__(
@@ -68,6 +75,10 @@ class _SeparableSubnet(nn.Module):
             x = self.act(norm(conv(x)))
         return self.predictor(x)
 
+    def forward_pyramid(self, features: list[Tensor], per_anchor: int) -> Tensor:
+        """All levels (finest first): ``(N, sum of H * W * A, per_anchor)``, torchvision's layout."""
+        return torch.cat([_flatten(self(f, level), per_anchor) for level, f in enumerate(features)], dim=1)
+
 
 def _flatten(out: Tensor, per_anchor: int) -> Tensor:
     # (N, A * K, H, W) -> (N, HWA, K), torchvision's layout.
@@ -76,25 +87,18 @@ def _flatten(out: Tensor, per_anchor: int) -> Tensor:
 
 
 class SeparableClassificationHead(FocalLossClassificationHead):
-    """Class subnet with separable convs; focal loss (settable alpha/gamma) and 1..K labels as the base."""
+    """Class subnet with separable convs; focal loss (settable alpha/gamma) and 1..K labels as the base.
+
+    ``subnet`` predicts ``num_anchors * num_classes`` logits per position;
+    :meth:`forward` returns ``(N, HWA, num_classes)`` over all levels.
+    """
 
     def __init__(
-        self,
-        in_channels: int,
-        num_anchors: int,
-        num_classes: int,
-        channels: int = 64,
-        num_layers: int = 3,
-        num_levels: int = 5,
-        focal_alpha: float = 0.25,
+        self, subnet: SeparableSubnet, num_anchors: int, num_classes: int, focal_alpha: float = 0.25,
         focal_gamma: float = 1.5,
-        norm: str = "bn",
-        act: str = "swish",
-        prior_probability: float = 0.01,
-    ) -> None:
+    ) -> None:  # fmt: skip
         nn.Module.__init__(self)  # the base's 256-wide 3x3 convs are not built
-        bias = -math.log((1 - prior_probability) / prior_probability)
-        self.subnet = _SeparableSubnet(in_channels, channels, num_layers, num_anchors * num_classes, num_levels, norm, act, bias)
+        self.subnet = subnet
         self.num_classes = num_classes
         self.num_anchors = num_anchors
         self.focal_alpha = focal_alpha
@@ -102,52 +106,40 @@ class SeparableClassificationHead(FocalLossClassificationHead):
         self.BETWEEN_THRESHOLDS = det_utils.Matcher.BETWEEN_THRESHOLDS
 
     def forward(self, x: list[Tensor]) -> Tensor:
-        return torch.cat([_flatten(self.subnet(f, i), self.num_classes) for i, f in enumerate(x)], dim=1)
+        return self.subnet.forward_pyramid(x, self.num_classes)
 
 
 class SeparableRegressionHead(RetinaNetRegressionHead):
-    """Box subnet with separable convs; torchvision's L1 box loss and coder."""
+    """Box subnet with separable convs; torchvision's L1 box loss and coder.
 
-    def __init__(
-        self,
-        in_channels: int,
-        num_anchors: int,
-        channels: int = 64,
-        num_layers: int = 3,
-        num_levels: int = 5,
-        norm: str = "bn",
-        act: str = "swish",
-    ) -> None:
+    ``subnet`` predicts ``num_anchors * 4`` box deltas per position;
+    :meth:`forward` returns ``(N, HWA, 4)`` over all levels.
+    """
+
+    def __init__(self, subnet: SeparableSubnet) -> None:
         nn.Module.__init__(self)
-        self.subnet = _SeparableSubnet(in_channels, channels, num_layers, num_anchors * 4, num_levels, norm, act, 0.0)
+        self.subnet = subnet
         self.box_coder = det_utils.BoxCoder(weights=(1.0, 1.0, 1.0, 1.0))
         self._loss_type = "l1"
 
     def forward(self, x: list[Tensor]) -> Tensor:
-        return torch.cat([_flatten(self.subnet(f, i), 4) for i, f in enumerate(x)], dim=1)
+        return self.subnet.forward_pyramid(x, 4)
 
 
 class SeparableRetinaNetHead(RetinaNetHead):
-    """EfficientDet-style box and class subnets for :class:`~bicsnet.models.detection.BiCSNetRetinaNet`."""
+    """EfficientDet-style box and class subnets for :class:`~bicsnet.models.detection.BiCSNetRetinaNet`.
+
+    Holds the two subnets (built by :func:`build_lite_head`); forward and loss
+    are torchvision's :class:`RetinaNetHead`'s: ``{"cls_logits": (N, HWA, K),
+    "bbox_regression": (N, HWA, 4)}``.
+    """
 
     def __init__(
-        self,
-        in_channels: int,
-        num_anchors: int,
-        num_classes: int,
-        channels: int = 64,
-        num_layers: int = 3,
-        num_levels: int = 5,
-        focal_alpha: float = 0.25,
-        focal_gamma: float = 1.5,
-        norm: str = "bn",
-        act: str = "swish",
+        self, classification_head: SeparableClassificationHead, regression_head: SeparableRegressionHead
     ) -> None:
-        nn.Module.__init__(self)
-        self.classification_head = SeparableClassificationHead(
-            in_channels, num_anchors, num_classes, channels, num_layers, num_levels, focal_alpha, focal_gamma, norm, act
-        )
-        self.regression_head = SeparableRegressionHead(in_channels, num_anchors, channels, num_layers, num_levels, norm, act)
+        nn.Module.__init__(self)  # the base's 256-wide subnets are not built
+        self.classification_head = classification_head
+        self.regression_head = regression_head
 
 
 def build_lite_head(
@@ -162,12 +154,22 @@ def build_lite_head(
     head_norm: str = "bn",
     **_: Any,
 ) -> SeparableRetinaNetHead:
-    """The separable head for ``backbone``; extra detector options are ignored (they are the detector's)."""
-    strides = [backbone.strides[p] for p in backbone.out_features]
+    """The separable head for ``backbone``; extra detector options are ignored (they are the detector's).
+
+    Both subnets are ``num_layers`` x ``channels`` wide with a norm per pyramid
+    level (``head_norm``) and the backbone's activation (swish if it has none).
+    """
+    strides = pyramid_strides(backbone)
     num_anchors = retinanet_anchor_generator(strides, anchor_scale).num_anchors_per_location()[0]
     act = getattr(getattr(backbone, "config", None), "activation", "swish")
+    c, levels = backbone.out_channels, len(strides)
+
+    def subnet(per_anchor: int, prior_bias: float) -> SeparableSubnet:
+        return SeparableSubnet(c, channels, num_layers, num_anchors * per_anchor, levels, head_norm, act, prior_bias)
+
+    # Class logits start at prior probability 0.01 (RetinaNet's), box deltas at 0.
+    cls_subnet = subnet(num_classes, -math.log((1 - 0.01) / 0.01))
     return SeparableRetinaNetHead(
-        backbone.out_channels, num_anchors, num_classes, channels, num_layers, len(strides), focal_alpha, focal_gamma, head_norm, act
+        SeparableClassificationHead(cls_subnet, num_anchors, num_classes, focal_alpha, focal_gamma),
+        SeparableRegressionHead(subnet(4, 0.0)),
     )
-
-

@@ -167,7 +167,7 @@ def export_onnx(
         except ImportError as e:  # onnx / onnxscript missing
             raise ConfigError(f"ONNX export needs the 'export' extra (pip install 'bicsnet[export]'): {e}") from e
     program.save(str(out))
-    meta = {"task": task, "dynamic": dynamic, "input_size": list(x.shape[-2:]), **(metadata or {})}
+    meta = {"task": task, "dynamic": dynamic, "input_size": list(x.shape[-2:]), "batch": int(x.shape[0]), **(metadata or {})}
     _write_metadata(out, meta)
     return out
 
@@ -240,6 +240,7 @@ def export_checkpoint(
     extra: dict[str, Any] = {"model": meta.get("model"), "class_names": list(meta.get("class_names", []))}
     if _input_transform(model) is not None:
         extra.update(detection_metadata(model, meta))
+        extra["img_size"] = size  # the runner resizes to the exported size, whatever the model was trained at
     return export_onnx(model, task, out, size, dynamic=dynamic, batch=batch, opset=opset, metadata=extra)
 
 
@@ -345,15 +346,44 @@ class OnnxDetector:
     @torch.no_grad()
     def __call__(self, images: Sequence[Tensor]) -> list[dict[str, Tensor]]:
         m = self.net.meta
+        if m.get("dynamic", True):
+            return self._run(images)
+        # A static graph runs batches of exactly its shape: images are letterboxed into
+        # it (long side resized to img_size, zero-padded after normalisation, as the
+        # eager transform pads), and a short last batch is filled with blank images.
+        size = int(m.get("batch", 1))
+        return [d for i in range(0, len(images), size) for d in self._run(images[i : i + size])]
+
+    def _run(self, images: Sequence[Tensor]) -> list[dict[str, Tensor]]:
+        m = self.net.meta
         original = [tuple(int(v) for v in img.shape[-2:]) for img in images]
         batch, _ = self.transform(list(images))
-        boxes, scores = self.net(batch.tensors)
-        h, w = batch.tensors.shape[-2:]
+        x = batch.tensors
+        if not m.get("dynamic", True):
+            x = _letterbox(x, tuple(m["input_size"]), int(m.get("batch", 1)))
+        boxes, scores = self.net(x)
+        boxes, scores = boxes[: len(images)], scores[: len(images)]
+        h, w = x.shape[-2:]
         dets = postprocess_detections(
             boxes, scores, batch.image_sizes, self.anchors_per_level(int(h), int(w)),
             m["score_thresh"], m["nms_thresh"], m["topk_candidates"], m["detections_per_img"], m.get("label_offset", 1),
         )  # fmt: skip
         return self.transform.postprocess(dets, batch.image_sizes, original)
+
+
+def _letterbox(x: Tensor, size: tuple[int, int], batch: int) -> Tensor:
+    """Zero-pad pre-processed images (N, 3, h, w) to a static graph's (batch, 3, H, W).
+
+    Raises:
+        ConfigError: an image larger than the graph's input (it was resized for another size).
+    """
+    (h, w), (H, W) = x.shape[-2:], size
+    if h > H or w > W:
+        raise ConfigError(f"pre-processed image {h}x{w} does not fit the exported input {H}x{W}; re-export with --img-size or --dynamic")
+    x = torch.nn.functional.pad(x, (0, W - w, 0, H - h))
+    if x.shape[0] < batch:
+        x = torch.cat([x, x.new_zeros(batch - x.shape[0], *x.shape[1:])])
+    return x
 
 
 def _is_detector(meta: dict[str, Any]) -> bool:
