@@ -79,7 +79,12 @@ def resolve_run(config: RunConfig | Mapping[str, Any] | str | os.PathLike) -> tu
         raise ConfigError(f"scale_range {lo} {hi}: need 0 < LO <= HI")
     if cfg.model.bn_momentum is not None and not 0 < cfg.model.bn_momentum <= 1:
         raise ConfigError(f"bn_momentum {cfg.model.bn_momentum}: must be in (0, 1]")
-    cfg.train_config({})  # bad training options fail before the data is read
+    # Bad training options, device or model options fail before the data is read.
+    from .engine.distributed import resolve_device
+
+    resolve_device(cfg.train_config({}).device)
+    with torch.device("meta"):
+        create_model(entry.name, spec.name, 1 if spec.needs_classes else None, **_model_options(cfg.model, spec, size))
     data = spec.load_data(cfg.data, size, train=True, scale_range=(lo, hi))
     train = cfg.train_config(recipe_config(spec.name, len(data.train)))  # type: ignore[arg-type]
     resolved = RunConfig(dataclasses.replace(cfg.model, img_size=size), cfg.data, train.to_dict())
@@ -110,11 +115,8 @@ def train(
 
         print(summarize(data, task).format(brief=True), flush=True)
     train_cfg = cfg.train_config({})
-    options = dict(cfg.model.options)
-    if get_task(task).uses_img_size:
-        options.setdefault("img_size", cfg.model.img_size)
     seed_everything(train_cfg.seed)  # the initial weights follow the seed too (the same on every rank)
-    model = create_model(cfg.model.name, task, data.num_classes, **options)
+    model = create_model(cfg.model.name, task, data.num_classes, **_model_options(cfg.model, get_task(task), cfg.model.img_size))
     if cfg.model.backbone_weights:
         report = load_backbone_weights(model, cfg.model.backbone_weights)
         print(f"backbone_weights: {report.summary()}")
@@ -262,6 +264,14 @@ def _result_files(out: Path, stem: Path) -> tuple[Path, Path, Path]:
     """The JSON, drawn picture and label-mask files of one result."""
     base = out / stem
     return base.with_name(base.name + ".json"), base.with_name(base.name + ".png"), base.with_name(base.name + "_mask.png")
+
+
+def _model_options(model: Any, spec: Any, size: int | None) -> dict[str, Any]:
+    """``create_model`` options of a run: the configured ones, and the input size for models that resize themselves."""
+    options = dict(model.options)
+    if spec.uses_img_size:
+        options.setdefault("img_size", size)
+    return options
 
 
 def _warn_skipped(data: TaskData) -> None:

@@ -147,6 +147,9 @@ class RunConfig:
                 if len(path) == 2 and leaf not in allowed:
                     _unknown(leaf, allowed, section)
             target[leaf] = parse_value(raw)
+        keys = {text.split("=", 1)[0].strip() for text in assignments}
+        if "train.lr" in keys and "train.lr_reference_batch" not in keys:
+            d["train"]["lr_reference_batch"] = None  # a rate set here is the rate for the global batch
         return RunConfig.from_dict(d)
 
     # ----------------------------------------------------------- resolution

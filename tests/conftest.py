@@ -6,11 +6,13 @@ import os
 import pytest
 import torch
 
+from bicsnet.models.bicsnet import BICSNET_TINY
+
 os.environ.setdefault("MPLBACKEND", "Agg")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
-#: Backbone overrides that make every registered model tiny for tests.
-TINY = {"width_mult": 0.125, "endpoint_channels": 16}
+#: Backbone overrides that make a BiCSNet-family model tiny for tests (the family's own).
+TINY = dict(BICSNET_TINY)
 
 
 @pytest.fixture(autouse=True)

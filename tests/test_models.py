@@ -12,7 +12,6 @@ from bicsnet.arch.backbone import BiCSNetConfig
 from bicsnet.arch.fusion import GlobalContext, ResampleBranch
 from bicsnet.arch.specs import PATHWAYS, TOPOLOGIES
 
-from .conftest import TINY
 
 ALL = [n for n in bicsnet.list_models() if bicsnet.get_entry(n).config is not None]
 BASELINES = [n for n in bicsnet.list_models() if bicsnet.get_entry(n).config is None]

@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("flops", help="count multiply-adds and parameters of one model")
     p.add_argument("--model", required=True)
-    p.add_argument("--task", default="detection", choices=list(TASKS))
+    p.add_argument("--task", choices=list(TASKS), help="default: detection, or the model's only task")
     p.add_argument("--img-size", type=int, nargs="+", default=None, help="N or H W (default: Table I's size)")
     p.add_argument("--num-classes", type=int, default=None, help="default: the task's paper dataset's (COCO 80, VOC 21, ImageNet 1000)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="model override, e.g. width_mult=0.5")
@@ -68,21 +68,24 @@ def run_info(args: argparse.Namespace) -> int:
 
         e = get_entry(args.model)
         size = e.input_size
-        bb = build_meta(args.model, "backbone")
-        det = build_meta(args.model, "detection", get_task("detection").default_classes)
-        info = {
-            "model": e.name,
-            "description": e.description,
-            "input_size": size,
-            "anchor_scale": _anchor_scale(det),
+        info: dict[str, object] = {
+            "model": e.name, "description": e.description, "tasks": list(e.tasks), "input_size": size,
             "backbone": e.config.to_dict() if hasattr(e.config, "to_dict") else None,
-            "outputs": {k: {"channels": v.channels, "stride": v.stride} for k, v in bb.output_shape().items()},
-            "size_divisibility": bb.size_divisibility,
-            "backbone_params_m": round(count_params(bb) / 1e6, 3),
-            "backbone_gmacs": round(model_macs(bb, "backbone", size) / 1e9, 3),
-            "retinanet_params_m": round(count_params(det) / 1e6, 3),
-            "retinanet_gmacs": round(model_macs(det, "detection", size) / 1e9, 3),
-        }
+        }  # fmt: skip
+        if "backbone" in e.tasks:  # a pyramid backbone: its outputs and cost
+            bb = build_meta(args.model, "backbone")
+            info.update({
+                "outputs": {k: {"channels": v.channels, "stride": v.stride} for k, v in bb.output_shape().items()},
+                "size_divisibility": bb.size_divisibility,
+                "backbone_params_m": round(count_params(bb) / 1e6, 3),
+                "backbone_gmacs": round(model_macs(bb, "backbone", size) / 1e9, 3),
+            })  # fmt: skip
+        headed = [t for t in e.tasks if get_task(t).needs_classes]
+        if headed:  # the first task with a head: its cost (RetinaNet for the BiCSNet family)
+            task, spec = headed[0], get_task(headed[0])
+            model = build_meta(args.model, task, spec.default_classes)
+            info.update({"anchor_scale": _anchor_scale(model), f"{task}_params_m": round(count_params(model) / 1e6, 3),
+                         f"{task}_gmacs": round(model_macs(model, task, spec.default_size(size)) / 1e9, 3)})  # fmt: skip
         if args.json:
             print(json.dumps(info, indent=2))
         else:
@@ -101,7 +104,7 @@ def run_info(args: argparse.Namespace) -> int:
 def _anchor_scale(detector: nn.Module) -> float | None:
     """Base anchor size of the finest level over its stride (V-A1: 3, or 4 for BiCSNet-140); ``None`` without anchors."""
     generator = getattr(detector, "anchor_generator", None)
-    strides = getattr(detector.backbone, "strides", None)
+    strides = getattr(getattr(detector, "backbone", None), "strides", None)
     if generator is None or not strides:
         return None
     return generator.sizes[0][0] / strides[detector.backbone.out_features[0]]
@@ -116,7 +119,11 @@ def run_flops(args: argparse.Namespace) -> int:
     if len(size) not in (1, 2) or min(size) < 1:
         raise ConfigError(f"--img-size expects N or H W with positive values, got {size}")
     hw = (size[0], size[0]) if len(size) == 1 else (size[0], size[1])
+    tasks = get_entry(args.model).tasks
+    args.task = args.task or ("detection" if "detection" in tasks else tasks[0])
     task = get_task(args.task)
+    if "num_classes" in overrides:
+        raise ConfigError("--set num_classes: use --num-classes")
     nc = args.num_classes if args.num_classes is not None else task.default_classes
     if task.uses_img_size:  # the model resizes its input: make it keep the counted size
         overrides.setdefault("img_size", max(hw))

@@ -188,6 +188,8 @@ def run_config(args: argparse.Namespace) -> Any:
             d["model"]["options"][key] = value
         else:
             d[section][key] = list(value) if isinstance(value, (tuple, list)) else value
+    if args.lr is not None:  # --lr is the rate for the global batch, whatever the file scaled from
+        d["train"]["lr_reference_batch"] = None
     cfg = RunConfig.from_dict(d)
     cfg.data = data_spec(args, cfg.data)
     return cfg.override(args.set)

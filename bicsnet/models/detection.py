@@ -19,7 +19,6 @@ passing objects in:
 from __future__ import annotations
 
 import math
-from functools import partial
 from typing import Any, Callable
 
 import torch

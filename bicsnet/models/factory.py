@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping
 
 from torch import nn
 
+from ..dataclass_checks import closest
 from ..errors import CheckpointError, ConfigError
 from ..tasks import TASKS, get_task
 from .registry import get_entry, register_model
@@ -78,7 +79,7 @@ def task_model(
     spec = get_task(task)
     unknown = sorted(set(options) - spec.head_options)
     if unknown:
-        raise ConfigError(f"option(s) {', '.join(unknown)} do not apply to task {task!r}")
+        raise ConfigError(f"option(s) {', '.join(unknown)} do not apply to task {task!r}{closest(unknown[0], sorted(spec.head_options))}")
     return spec.build(backbone, num_classes, **{**(defaults or {}), **options})
 
 
@@ -105,7 +106,8 @@ def pyramid_model(
     fields = {f.name for f in dataclasses.fields(config)}
     unknown = sorted(set(options) - fields - spec.head_options)
     if unknown:
-        raise ConfigError(f"option(s) {', '.join(unknown)} do not apply to {name} with task {task!r}")
+        hint = closest(unknown[0], sorted(fields | spec.head_options))
+        raise ConfigError(f"option(s) {', '.join(unknown)} do not apply to {name} with task {task!r}{hint}")
     bb = {k: v for k, v in options.items() if k in fields}
     head = {k: v for k, v in options.items() if k not in fields}
     backbone = build_backbone(dataclasses.replace(config, **bb) if bb else config)

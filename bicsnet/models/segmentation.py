@@ -18,8 +18,10 @@ class BiCSNetSegmenter(nn.Module):
         super().__init__()
         self.normalize = Normalize()
         self.backbone = backbone
-        cfg = backbone.config
-        self.head = SegmentationHead(backbone.out_channels, num_classes, head_channels, head_convs, cfg.norm, cfg.activation)
+        # The head's convs follow the backbone's norm and activation (BN + ReLU for one without a config).
+        cfg = getattr(backbone, "config", None)
+        norm, act = getattr(cfg, "norm", "bn"), getattr(cfg, "activation", "relu")
+        self.head = SegmentationHead(backbone.out_channels, num_classes, head_channels, head_convs, norm, act)
         self.num_classes = num_classes
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
