@@ -106,9 +106,9 @@ def _end_part(prev: tuple[str, str, str, str], *end7_extra: tuple[str, str]) -> 
 #: Gap-Connection from two levels below, eq. (4) (for L3 that is the stem's
 #: level-1 feature). Up-Sampling Part L6..L3, eq. (2), each fed by up(previous)
 #: and a Skip-Connection from the Down-Sampling block of its level, eq. (5).
-#: End Down-Sampling Part L4..L7, eq. (3), fed by D(previous) and a Long-Range
-#: Gap-Connection from the Up-Sampling block one level below, eq. (6).
-#: Outputs: P3 from the Up-Sampling Part, P4-P7 from the End Part.
+#: End Down-Sampling Part L3..L7, eq. (3), fed by D(previous) (End L3: Up L3 itself)
+#: and a Long-Range Gap-Connection from the block one level below, eq. (6) (End L3:
+#: the stem). Outputs: P3-P7 from the End Part (docs/architecture.md, "17 blocks").
 BICSNET_SPECS: tuple[BlockSpec, ...] = (
     _b("stem1", "stem", 2, "bottleneck", (STEM_SOURCE, "main")),
     _b("stem2", "stem", 2, "bottleneck", ("stem1", "main")),
