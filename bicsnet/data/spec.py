@@ -5,7 +5,6 @@ whose task reads none of its fields means the built-in synthetic dataset.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,10 +98,6 @@ class DataSpec:
         if not value:
             raise ConfigError(f"{_flag(name)} is required when other data flags are given")
         return str(value)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-data form."""
-        return dataclasses.asdict(self)
 
     def synthetic_meta(self, root: Path) -> dict[str, Any]:
         """What a checkpoint records of the synthetic set at ``root`` (``meta["synthetic"]``)."""
