@@ -31,9 +31,10 @@ from .data.spec import DataSpec, TaskData
 from .errors import ConfigError
 from .io import atomic_write_json
 from .models import create_model, get_entry, load_checkpoint_model, model_meta
-from .tasks import Prediction, get_task, recipe_config
+from .data.transforms import PAPER_SCALE_RANGE
+from .tasks import Prediction, choose_recipe, get_task, recipe_config
 
-__all__ = ["RunResult", "train", "evaluate", "predict", "resolve_run"]
+__all__ = ["RunResult", "train", "evaluate", "predict", "resolve_run", "describe_recipe"]
 
 
 @dataclass
@@ -71,12 +72,14 @@ def resolve_run(config: RunConfig | Mapping[str, Any] | str | os.PathLike) -> tu
     cfg = _as_config(config)
     spec = get_task(cfg.model.task)
     entry = get_entry(cfg.model.name)
+    choose_recipe(spec.name, cfg.recipe)  # an unknown recipe fails before the data is read
     size = cfg.model.img_size or spec.default_size(entry.input_size)
     if size < 32:
         raise ConfigError(f"img_size {size}: must be at least 32")
-    lo, hi = cfg.data.scale_range
-    if not 0 < lo <= hi:
-        raise ConfigError(f"scale_range {lo} {hi}: need 0 < LO <= HI")
+    if cfg.data.scale_range is not None:
+        lo, hi = cfg.data.scale_range
+        if not 0 < lo <= hi:
+            raise ConfigError(f"scale_range {lo} {hi}: need 0 < LO <= HI")
     if cfg.model.bn_momentum is not None and not 0 < cfg.model.bn_momentum <= 1:
         raise ConfigError(f"bn_momentum {cfg.model.bn_momentum}: must be in (0, 1]")
     # Bad training options, device or model options fail before the data is read.
@@ -85,10 +88,55 @@ def resolve_run(config: RunConfig | Mapping[str, Any] | str | os.PathLike) -> tu
     resolve_device(cfg.train_config({}).device)
     with torch.device("meta"):
         create_model(entry.name, spec.name, 1 if spec.needs_classes else None, **_model_options(cfg.model, spec, size))
-    data = spec.load_data(cfg.data, size, train=True, scale_range=(lo, hi))
-    train = cfg.train_config(recipe_config(spec.name, len(data.train)))  # type: ignore[arg-type]
-    resolved = RunConfig(dataclasses.replace(cfg.model, img_size=size), cfg.data, train.to_dict())
+    first_scale = tuple(cfg.data.scale_range or PAPER_SCALE_RANGE)
+    data = spec.load_data(cfg.data, size, train=True, scale_range=first_scale)  # type: ignore[arg-type]
+    recipe = choose_recipe(spec.name, cfg.recipe, len(data.train))  # type: ignore[arg-type]
+    scale = tuple(cfg.data.scale_range or recipe.scale_range)
+    if scale != first_scale:  # the recipe's jitter: only small sets get here, and they load fast
+        data_log = logging.getLogger("bicsnet.data")
+        level = data_log.level
+        data_log.setLevel(logging.ERROR)  # the same files again: their report was logged above
+        try:
+            data = spec.load_data(cfg.data, size, train=True, scale_range=scale)  # type: ignore[arg-type]
+        finally:
+            data_log.setLevel(level)
+    model = dataclasses.replace(
+        cfg.model,
+        img_size=size,
+        options={**{k: v for k, v in recipe.model_options.items() if k in spec.head_options}, **cfg.model.options},
+        bn_momentum=cfg.model.bn_momentum if cfg.model.bn_momentum is not None else recipe.bn_momentum,
+    )
+    train = cfg.train_config(recipe_config(spec.name, len(data.train), recipe.name))  # type: ignore[arg-type]
+    resolved = RunConfig(model, dataclasses.replace(cfg.data, scale_range=scale), train.to_dict(), recipe=recipe.name)
     return resolved, data
+
+
+def describe_recipe(config: RunConfig | Mapping[str, Any] | str | os.PathLike, num_train: int, chosen_by: str = "auto") -> str:
+    """What a resolved run takes from its recipe, as the lines ``bicsnet train`` prints first.
+
+    ``chosen_by``: the configured choice (``auto`` explains the pick and how to get the paper's).
+    """
+    cfg = _as_config(config)
+    recipe = choose_recipe(cfg.model.task, cfg.recipe, num_train)
+    why = ""
+    if chosen_by == "auto":
+        why = f" ({num_train} training images" + ("; --recipe paper for the paper's)" if recipe.name == "small" else ")")
+    t = cfg.train_config({})
+    lines = [f"recipe {recipe.name}: {recipe.summary}{why}"]
+    parts = [
+        f"{t.epochs} epochs", f"lr {t.lr:g} ({t.schedule})"
+        + (f" for batch {t.lr_reference_batch}, scaled linearly" if t.lr_reference_batch else ""),
+        f"warm-up {t.warmup_epochs:g} epochs", f"weight decay {t.weight_decay:g}",
+        f"EMA {t.ema_decay:g}" if t.ema_decay else "no EMA",
+        f"grad clip {t.grad_clip:g}" if t.grad_clip else "no grad clip",
+        f"BN momentum {cfg.model.bn_momentum:g}" if cfg.model.bn_momentum is not None else "the model's BN momentum",
+        *(f"{k} {v}" for k, v in cfg.model.options.items() if k in recipe.model_options),
+    ]
+    if cfg.data.scale_range is not None and get_task(cfg.model.task).build_data is not None:
+        lo, hi = cfg.data.scale_range
+        parts.append(f"scale jitter {lo:g}-{hi:g}")
+    lines.append("  " + ", ".join(parts))
+    return "\n".join(lines)
 
 
 def train(
@@ -108,11 +156,13 @@ def train(
     from .engine.seeding import seed_everything
     from .engine.trainer import Trainer
 
+    chosen_by = _as_config(config).recipe
     cfg, data = resolve_run(config)
     task = cfg.model.task
-    if os.environ.get("RANK", "0") == "0":  # what the run reads, per split (bicsnet data check has the full report)
+    if os.environ.get("RANK", "0") == "0":  # the recipe, then what the run reads (bicsnet data check has the full report)
         from .data.check import summarize
 
+        print(describe_recipe(cfg, len(data.train), chosen_by), flush=True)  # type: ignore[arg-type]
         print(summarize(data, task).format(brief=True), flush=True)
     train_cfg = cfg.train_config({})
     seed_everything(train_cfg.seed)  # the initial weights follow the seed too (the same on every rank)

@@ -4,11 +4,12 @@
 stores as ``config.yaml`` (resolved: every training option explicit), so
 ``bicsnet train --config RUN/config.yaml --out NEW`` repeats a run. Defaults
 have one source each: the model's and task's in the registry and the task
-table (input size, Section V-A recipe), the rest in the dataclasses here and in
+table (input size, the paper's Section V-A recipe or the small-data one), the rest in the dataclasses here and in
 :class:`~bicsnet.engine.trainer.TrainConfig`. Command-line flags only override.
 
 YAML layout::
 
+    recipe: auto   # or paper / small (bicsnet.tasks.choose_recipe)
     model: {name: bicsnet_48s, task: detection, img_size: 640, options: {focal_gamma: 1.5}}
     data:  {train_ann: ..., train_images: ..., val_ann: ..., val_images: ...}
     train: {epochs: 72, batch_size: 8, lr: 0.08}
@@ -56,12 +57,18 @@ class ModelConfig:
 
 #: The sections of a run configuration and the dataclass that types each.
 SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataSpec, "train": TrainConfig}
+#: Top-level scalar keys beside the sections.
+SCALARS = ("recipe",)
 
 
 @dataclass
 class RunConfig:
-    """One training run: ``model``, ``data`` and ``train`` sections.
+    """One training run: the ``recipe`` and ``model``, ``data`` and ``train`` sections.
 
+    ``recipe`` names which of the task's recipes fills in what the sections
+    leave unset: ``auto`` (the small-data recipe below
+    :data:`~bicsnet.tasks.SMALL_DATA_IMAGES` training images, else the
+    paper's), ``paper`` or ``small``; a resolved configuration names the one used.
     ``train`` holds the training options set explicitly (validated against
     :class:`~bicsnet.engine.trainer.TrainConfig`'s fields); the rest come from
     the task's recipe and :class:`TrainConfig`'s defaults when the run starts
@@ -71,6 +78,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataSpec = field(default_factory=DataSpec)
     train: dict[str, Any] = field(default_factory=dict)
+    recipe: str = "auto"
 
     def __post_init__(self) -> None:
         if isinstance(self.model, Mapping):
@@ -90,13 +98,15 @@ class RunConfig:
         """
         if not isinstance(d, Mapping):
             raise ConfigError(f"a run configuration is a mapping with sections {', '.join(SECTIONS)}, got {type(d).__name__}")
-        _check_keys(d, list(SECTIONS), "")
-        return cls(model=d.get("model") or {}, data=d.get("data") or {}, train=d.get("train") or {})
+        _check_keys(d, [*SCALARS, *SECTIONS], "")
+        return cls(model=d.get("model") or {}, data=d.get("data") or {}, train=d.get("train") or {},
+                   recipe=str(d.get("recipe") or "auto"))  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (tuples become lists), the inverse of :meth:`from_dict`."""
         data = dataclasses.asdict(self.data)
         return {
+            "recipe": self.recipe,
             "model": dataclasses.asdict(self.model),
             "data": {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()},
             "train": {k: list(v) if isinstance(v, tuple) else v for k, v in self.train.items()},
@@ -126,9 +136,12 @@ class RunConfig:
             if "=" not in text:
                 raise ConfigError(f"--set {text!r}: expected KEY=VALUE")
             key, raw = (s.strip() for s in text.split("=", 1))
+            if key in SCALARS:
+                d[key] = parse_value(raw)
+                continue
             path = key.split(".")
             if len(path) > 1 and path[0] not in SECTIONS:
-                _unknown(path[0], list(SECTIONS), "")
+                _unknown(path[0], [*SCALARS, *SECTIONS], "")
             if path[0] not in SECTIONS:  # a bare key is a model option (--set focal_gamma=2)
                 path = ["model", "options", *path]
             section = path[0]
@@ -178,6 +191,8 @@ def _field_names(cls: type) -> list[str]:
 
 def _unknown(key: str, valid: Sequence[str], section: str) -> None:
     where = f"{section}." if section else ""
+    if section and key in SCALARS:
+        raise ConfigError(f"unknown key {where}{key}: {key} is a top-level key ({key}: ... beside the sections; --set {key}=...)")
     raise ConfigError(f"unknown key {where}{key}{closest(key, valid, where)}")
 
 

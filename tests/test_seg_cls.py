@@ -80,7 +80,7 @@ def cls_run(synth: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) ->
 
 # --------------------------------------------------------------------------- recipes
 def test_recipes_follow_the_paper() -> None:
-    seg = TASKS["segmentation"].recipe
+    seg = TASKS["segmentation"].recipe.train
     assert (seg["lr"], seg["lr_reference_batch"], seg["schedule"]) == (0.02, 256, "cosine")
     assert (seg["iterations"], seg["warmup_iterations"]) == (20000, 1000)
     # 20k iterations x 256 images over VOC train_aug (10,582 images): the same images at any batch size.

@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..tasks import task_names
+from ..tasks import RECIPE_CHOICES, SMALL_DATA_IMAGES, task_names
 from .common import add_device_arg
 
 __all__ = ["register", "add_data_args", "data_spec", "run_config"]
 
-#: ``train`` flags -> (section, key) of the run configuration.
+#: ``train`` flags -> (section, key) of the run configuration (section ``None``: a top-level key).
 _TRAIN_FLAGS = {
+    "recipe": (None, "recipe"),
     "task": ("model", "task"), "model": ("model", "name"), "img_size": ("model", "img_size"),
     "backbone_weights": ("model", "backbone_weights"), "bn_momentum": ("model", "bn_momentum"),
     "activation": ("options", "activation"), "drop_path": ("options", "drop_path_rate"), "norm": ("options", "norm"),
@@ -96,7 +97,7 @@ def data_spec(args: argparse.Namespace, base: Any = None) -> Any:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "train", help="train a BiCSNet model (any task) with the paper's recipe",
+        "train", help="train a BiCSNet model (any task): the paper's recipe, or the small-data one for small sets",
         description="Flags override --config (a YAML run configuration, e.g. a run's config.yaml); "
         "--set SECTION.KEY=VALUE overrides both. Defaults: see bicsnet train --print-config.",
     )  # fmt: skip
@@ -108,28 +109,35 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--print-config", action="store_true", help="print the resolved configuration as YAML and exit")
     p.add_argument("--task", choices=task_names(trainable=True), help="default: detection")
     p.add_argument("--model", help="registered model name (bicsnet info lists them; default bicsnet_48)")
+    p.add_argument(
+        "--recipe", choices=RECIPE_CHOICES,
+        help=f"defaults for every option not given: paper (Section V-A), small (from scratch on small data) or "
+        f"auto (default: small below {SMALL_DATA_IMAGES} training images where the task has one)",
+    )  # fmt: skip
     add_data_args(p)
     p.add_argument("--img-size", type=int, help="input size (default: Table I's for detection, 512 segmentation, 224 classification)")
-    p.add_argument("--scale-range", type=float, nargs=2, metavar=("LO", "HI"), help="scale jitter range (default 0.5 2.0)")
-    p.add_argument("--epochs", type=int, help="default: the paper's (350 detection, 250 classification)")
+    p.add_argument("--scale-range", type=float, nargs=2, metavar=("LO", "HI"), help="scale jitter range (default: the recipe's; paper 0.5 2.0)")
+    p.add_argument("--epochs", type=int, help="default: the recipe's (paper: 350 detection, 250 classification)")
     p.add_argument("--batch-size", type=int, help="images per process per step (default 8)")
-    p.add_argument("--lr", type=float, help="learning rate for the global batch (default: the paper's, scaled linearly)")
-    p.add_argument("--schedule", choices=["step", "cosine"], help="default: step for detection, cosine otherwise")
+    p.add_argument("--lr", type=float, help="learning rate for the global batch (default: the recipe's, scaled linearly)")
+    p.add_argument("--schedule", choices=["step", "cosine"], help="default: the recipe's (paper: step for detection, cosine otherwise)")
     p.add_argument("--warmup-epochs", type=float, help="linear warm-up in epochs (default: the recipe's)")
     p.add_argument("--warmup-steps", type=int, help="linear warm-up in steps (overrides --warmup-epochs)")
-    p.add_argument("--warmup-max-fraction", type=float, help="cap the warm-up at this fraction of the run (recipe: 0.25)")
+    p.add_argument("--warmup-max-fraction", type=float, help="cap the warm-up at this fraction of the run (default: the recipe's)")
     p.add_argument("--activation", choices=["relu", "swish"], help="swish = training strategy B")
     p.add_argument("--drop-path", type=float, help="stochastic depth rate (strategy B)")
     p.add_argument("--norm", choices=["bn", "syncbn", "gn", "frozenbn"], help="backbone norm (BN is made SyncBN under torchrun)")
     p.add_argument(
         "--bn-momentum", type=float, metavar="M",
-        help="PyTorch momentum of every BatchNorm (default: the model's; BiCSNet 0.01 = the paper's TF 0.99). "
+        help="PyTorch momentum of every BatchNorm (default: the recipe's, small 0.1; paper: the model's, BiCSNet 0.01 = "
+        "the paper's TF 0.99). "
         "Short runs need ~0.1, or the running statistics used in evaluation stay near their initial values",
     )  # fmt: skip
     p.add_argument("--backbone-weights", help="initialise the backbone from a checkpoint of any task")
     p.add_argument("--amp", action="store_true", default=None, help="mixed precision (CUDA)")
-    p.add_argument("--ema", type=float, metavar="DECAY", help="keep an EMA of the weights, e.g. 0.9998 (default off)")
-    p.add_argument("--grad-clip", type=float, help="clip the global gradient norm at this value (default off)")
+    p.add_argument("--ema", type=float, metavar="DECAY", help="keep an EMA of the weights, e.g. 0.9998 (default: the recipe's; paper off, small 0.99; "
+                   "--set train.ema_decay=null turns it off)")
+    p.add_argument("--grad-clip", type=float, help="clip the global gradient norm at this value (default: the recipe's; paper off)")
     p.add_argument("--label-smoothing", type=float, help="classification label smoothing (default 0)")
     p.add_argument("--workers", type=int, help="data-loading processes per training process (default 2)")
     p.add_argument("--seed", type=int, help="seed of weights, data order and augmentation (default 0)")
@@ -184,7 +192,9 @@ def run_config(args: argparse.Namespace) -> Any:
         value = getattr(args, flag)
         if value is None:
             continue
-        if section == "options":
+        if section is None:
+            d[key] = value
+        elif section == "options":
             d["model"]["options"][key] = value
         else:
             d[section][key] = list(value) if isinstance(value, (tuple, list)) else value

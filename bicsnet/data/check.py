@@ -32,6 +32,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from bicsnet.errors import BicsnetError, DataError
+from bicsnet.data.transforms import PAPER_SCALE_RANGE
 
 __all__ = ["SplitReport", "DataReport", "check_data", "summarize", "raise_if_errors"]
 
@@ -141,7 +142,7 @@ def check_data(task: str, spec: Any, img_size: int | None = None, deep: bool = T
     given = [f for f in t.data_flags if getattr(spec, f, None)]
     # Only evaluation data given (--val-ann/--val-images): check that, as 'bicsnet eval' reads it.
     train = not given or any(not f.startswith("val_") for f in given)
-    data = t.load_data(spec, int(img_size or t.input_size or 256), train=train, scale_range=tuple(spec.scale_range))
+    data = t.load_data(spec, int(img_size or t.input_size or 256), train=train, scale_range=tuple(spec.scale_range or PAPER_SCALE_RANGE))
     return summarize(data, task, deep=deep)
 
 

@@ -43,7 +43,8 @@ class DataSpec:
         synth_root: where the synthetic set is generated (default :meth:`default_root`).
         synth_train, synth_val, synth_size: synthetic images per split and their size in pixels.
         seed: the synthetic set's seed.
-        scale_range: scale jitter of training images (Section V-A1: [0.5, 2.0]).
+        scale_range: scale jitter of training images as ``(lo, hi)`` fractions of the input
+            size; ``None``: the run's recipe's (paper: [0.5, 2.0], Section V-A1).
         max_skipped: largest share of a COCO file's annotation records that may be rejected
             (malformed, degenerate box) before loading stops with a DataError (``--max-skipped``).
     """
@@ -65,7 +66,7 @@ class DataSpec:
     synth_val: int = 100
     synth_size: int = 256
     seed: int = 0
-    scale_range: tuple[float, float] = (0.5, 2.0)
+    scale_range: tuple[float, float] | None = None
     max_skipped: float = 0.05
 
     @staticmethod

@@ -15,6 +15,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 __all__ = [
+    "PAPER_SCALE_RANGE",
     "RandomCropPad",
     "ScaleJitter",
     "SanitizeDetectionTarget",
@@ -25,6 +26,9 @@ __all__ = [
     "classification_train_transforms",
     "classification_eval_transforms",
 ]
+
+#: Scale jitter of the paper's training recipes (Section V-A1: [0.5, 2.0] of the input size).
+PAPER_SCALE_RANGE: tuple[float, float] = (0.5, 2.0)
 
 # Per-instance keys of a detection target that must be filtered with the boxes.
 _INSTANCE_KEYS = ("labels", "iscrowd", "masks", "area")
@@ -128,7 +132,7 @@ def _jitter_crop_flip(size: int, scale_range: tuple[float, float], hflip: float,
 
 
 def detection_train_transforms(
-    img_size: int, scale_range: tuple[float, float] = (0.5, 2.0), hflip: float = 0.5
+    img_size: int, scale_range: tuple[float, float] = PAPER_SCALE_RANGE, hflip: float = 0.5
 ) -> v2.Compose:
     """Large-scale jitter for detection / instance segmentation training.
 
@@ -149,7 +153,7 @@ def detection_eval_transforms() -> v2.Compose:
     return v2.Compose([v2.ToDtype(torch.float32, scale=True)])
 
 
-def segmentation_train_transforms(crop: int = 512, scale_range: tuple[float, float] = (0.5, 2.0), hflip: float = 0.5) -> v2.Compose:
+def segmentation_train_transforms(crop: int = 512, scale_range: tuple[float, float] = PAPER_SCALE_RANGE, hflip: float = 0.5) -> v2.Compose:
     """Semantic segmentation training transform, called as ``t(image, mask)``.
 
     Resizes so the long side becomes ``crop * s`` (``s`` uniform in
