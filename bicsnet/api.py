@@ -132,8 +132,8 @@ def describe_recipe(config: RunConfig | Mapping[str, Any] | str | os.PathLike, n
         f"BN momentum {cfg.model.bn_momentum:g}" if cfg.model.bn_momentum is not None else "the model's BN momentum",
         *(f"{k} {v}" for k, v in cfg.model.options.items() if k in recipe.model_options),
     ]
-    if cfg.data.scale_range is not None and get_task(cfg.model.task).build_data is not None:
-        lo, hi = cfg.data.scale_range
+    if cfg.data.scale_range is not None and tuple(cfg.data.scale_range) != PAPER_SCALE_RANGE:
+        lo, hi = cfg.data.scale_range  # only where it departs from the paper's (classification ignores it)
         parts.append(f"scale jitter {lo:g}-{hi:g}")
     lines.append("  " + ", ".join(parts))
     return "\n".join(lines)
