@@ -2,7 +2,7 @@
 # Real-data benchmarks of benchmarks/real.md: strawberry (COCO, Roboflow export) and
 # Stanford Background (mask folder), from scratch, on the 2-core CPU.
 #   bash benchmarks/real.sh [DATA_ROOT] [RUN]   # DATA_ROOT holds strawberry/ and stanford_background/
-# RUN (optional) runs one of: 48s-small r50-small 48s-small-short maskrcnn deeplab seg48-short
+# RUN (optional) runs one of: 48s-small r50-small 48s-small-short seg48-short deeplab maskrcnn
 # Then: .venv/bin/python benchmarks/real_table.py runs/real
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,7 +25,9 @@ run() {  # run NAME ARGS...: train into $OUT/NAME unless it is done; detection r
   [[ -n "$ONLY" && "$ONLY" != "$name" ]] && return 0
   if [[ ! -f "$OUT/$name/metrics.json" ]]; then
     rm -rf "${OUT:?}/$name"
-    "$BIN" train "$@" "${COMMON[@]}" --out "$OUT/$name"
+    mkdir -p "$OUT"
+    # wall and CPU seconds of the whole command (loading, training, evaluations): real_table.py reads them
+    /usr/bin/time -f "%e %U %S" -o "$OUT/$name.time" "$BIN" train "$@" "${COMMON[@]}" --out "$OUT/$name"
   fi
   if [[ " $* " != *" --task segmentation "* && ! -f "$OUT/$name/test/metrics.json" ]]; then
     "$BIN" eval --checkpoint "$OUT/$name" "${TEST[@]}" --workers 1 --device cpu --out "$OUT/$name/test"
@@ -43,5 +45,6 @@ run 48s-small-short --model bicsnet_48s "${COCO[@]}" --img-size 256 --epochs 12
 # epochs (1: what DeepLabv3-ResNet50 trains in ~30 CPU-minutes).
 run seg48-short --model bicsnet_48 "${SEG[@]}" --img-size 256 --epochs 1
 run deeplab --model deeplabv3_resnet50 "${SEG[@]}" --img-size 256 --epochs 1
-# Mask R-CNN (box and mask AP), same recipe; 2 epochs (~12 CPU-minutes: this session's time ran short).
+# BiCSNet-48S Mask R-CNN (box and mask AP), same recipe, 256 px as the RetinaNet runs above;
+# 2 epochs (about 10 quiet CPU-minutes at 0.41 img/s: what this session's time allowed).
 run maskrcnn --task instance --model bicsnet_48s "${COCO[@]}" --img-size 256 --epochs 2

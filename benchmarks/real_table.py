@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/real_table.py [RUNS_DIR]      # default runs/real
 
 For each run: model, task, recipe, input size, epochs, training wall time (from
-``log.csv``), GMACs of one image at the input size (``bicsnet flops``), and the
+``log.csv``), wall and CPU minutes of the whole command (``NAME.time``, when real.sh
+timed it), GMACs of one image at the input size (``bicsnet flops``), and the
 headline metrics of ``metrics.json`` (validation) and ``test/metrics.json``
 when present (box AP / AP50, mask AP / AP50, mIoU and per-class IoU).
 """
@@ -22,6 +23,15 @@ from bicsnet.tools.flops import build_meta, model_macs
 def _train_minutes(run: Path) -> float | None:
     rows = list(csv.DictReader((run / "log.csv").open())) if (run / "log.csv").exists() else []
     return float(rows[-1]["time"]) / 60 if rows else None
+
+
+def _cpu_minutes(run: Path) -> str:
+    """``wall / CPU`` minutes of the whole command from ``NAME.time`` (``/usr/bin/time -f "%e %U %S"``, real.sh)."""
+    path = run.parent / f"{run.name}.time"
+    if not path.exists():
+        return "-"
+    wall, user, system = (float(v) for v in path.read_text().split()[-3:])
+    return f"{wall / 60:.1f} / {(user + system) / 60:.1f}"
 
 
 def _gmacs(cfg: dict, num_classes: int) -> float:
@@ -53,8 +63,8 @@ def _per_class_iou(path: Path) -> str:
 
 
 def main(root: str = "runs/real") -> None:
-    print("| run | model | task | recipe | input | epochs | train min | GMACs | validation | test |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| run | model | task | recipe | input | epochs | train min | command wall / CPU min | GMACs | validation | test |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     seg_rows = []
     for run in sorted(p for p in Path(root).iterdir() if (p / "config.yaml").exists()):
         cfg = yaml.safe_load((run / "config.yaml").read_text())
@@ -62,7 +72,7 @@ def main(root: str = "runs/real") -> None:
         num_classes = 8 if m["task"] == "segmentation" else 4
         print(
             f"| {run.name} | {m['name']} | {m['task']} | {cfg.get('recipe', '-')} | {m['img_size']} | {t['epochs']} "
-            f"| {_fmt(_train_minutes(run), 1)} | {_gmacs(cfg, num_classes):.2f} "
+            f"| {_fmt(_train_minutes(run), 1)} | {_cpu_minutes(run)} | {_gmacs(cfg, num_classes):.2f} "
             f"| {_metrics(run / 'metrics.json', m['task'])} | {_metrics(run / 'test' / 'metrics.json', m['task'])} |"
         )
         if m["task"] == "segmentation":

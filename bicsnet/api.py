@@ -29,10 +29,10 @@ from .config import RunConfig, load_run_config
 from .data.masks import IGNORE_LABEL
 from .data.spec import DataSpec, TaskData
 from .errors import ConfigError
-from .io import atomic_write_json
 from .models import create_model, get_entry, load_checkpoint_model, model_meta
 from .data.transforms import PAPER_SCALE_RANGE
-from .tasks import Prediction, choose_recipe, get_task, recipe_config
+from .tasks import choose_recipe, get_task, recipe_config
+from . import inference
 
 __all__ = ["RunResult", "train", "evaluate", "predict", "resolve_run", "describe_recipe"]
 
@@ -65,6 +65,9 @@ def _as_config(config: RunConfig | Mapping[str, Any] | str | os.PathLike) -> Run
 def resolve_run(config: RunConfig | Mapping[str, Any] | str | os.PathLike) -> tuple[RunConfig, TaskData]:
     """Read the run's data and make every default explicit: ``(resolved config, data)``.
 
+    ``train.amp: auto`` becomes the precision it means on this run's device
+    (:func:`~bicsnet.engine.trainer.resolve_amp`); ``train.device`` stays as given.
+
     Raises:
         ConfigError: a bad model, task, size, scale range or training option (naming it).
         DataError: unreadable or inconsistent data (naming the file).
@@ -82,10 +85,14 @@ def resolve_run(config: RunConfig | Mapping[str, Any] | str | os.PathLike) -> tu
             raise ConfigError(f"scale_range {lo} {hi}: need 0 < LO <= HI")
     if cfg.model.bn_momentum is not None and not 0 < cfg.model.bn_momentum <= 1:
         raise ConfigError(f"bn_momentum {cfg.model.bn_momentum}: must be in (0, 1]")
+    _check_weights(cfg.model)
     # Bad training options, device or model options fail before the data is read.
     from .engine.distributed import resolve_device
+    from .engine.trainer import resolve_amp
 
-    resolve_device(cfg.train_config({}).device)
+    first = cfg.train_config({})
+    device = resolve_device(first.device, option="--device (train.device)")
+    resolve_amp(first.amp, device)  # an --amp this device cannot run fails here too
     with torch.device("meta"):
         create_model(entry.name, spec.name, 1 if spec.needs_classes else None, **_model_options(cfg.model, spec, size))
     first_scale = tuple(cfg.data.scale_range or PAPER_SCALE_RANGE)
@@ -107,6 +114,7 @@ def resolve_run(config: RunConfig | Mapping[str, Any] | str | os.PathLike) -> tu
         bn_momentum=cfg.model.bn_momentum if cfg.model.bn_momentum is not None else recipe.bn_momentum,
     )
     train = cfg.train_config(recipe_config(spec.name, len(data.train), recipe.name))  # type: ignore[arg-type]
+    train = dataclasses.replace(train, amp=resolve_amp(train.amp, device))  # what runs here: bf16 / fp16 / off
     resolved = RunConfig(model, dataclasses.replace(cfg.data, scale_range=scale), train.to_dict(), recipe=recipe.name)
     return resolved, data
 
@@ -152,7 +160,7 @@ def train(
     Raises:
         ConfigError, DataError, CheckpointError: bad configuration, data or weights (naming the option or file).
     """
-    from .engine.checkpoint import load_backbone_weights
+    from .weights import load_backbone_weights, load_weights
     from .engine.seeding import seed_everything
     from .engine.trainer import Trainer
 
@@ -167,9 +175,13 @@ def train(
     train_cfg = cfg.train_config({})
     seed_everything(train_cfg.seed)  # the initial weights follow the seed too (the same on every rank)
     model = create_model(cfg.model.name, task, data.num_classes, **_model_options(cfg.model, get_task(task), cfg.model.img_size))
-    if cfg.model.backbone_weights:
+    report = None
+    if cfg.model.weights:  # the whole model, from a file trained elsewhere
+        report = load_weights(model, cfg.model.weights, strict=cfg.model.strict_weights)
+    elif cfg.model.backbone_weights:  # the backbone alone, from a checkpoint of any task
         report = load_backbone_weights(model, cfg.model.backbone_weights)
-        print(f"backbone_weights: {report.summary()}")
+    if report is not None and os.environ.get("RANK", "0") == "0":
+        print(f"{'weights' if cfg.model.weights else 'backbone_weights'} {report.source}: {report.summary()}", flush=True)
     if cfg.model.bn_momentum is not None:
         _set_bn_momentum(model, cfg.model.bn_momentum)
     meta = model_meta(model, task, int(cfg.model.img_size or 0), data)
@@ -193,18 +205,26 @@ def evaluate(
     batch_size: int = 4,
     workers: int = 2,
     device: str = "auto",
+    coco_backend: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a weights file (or run directory) on ``data`` (default: the synthetic set it was trained on).
 
-    Writes ``metrics.json`` (and ``detections.json`` for detectors) into ``out`` when given.
+    Writes into ``out`` when given: ``metrics.json``; for detectors also
+    ``detections.json``, ``pr_curves.json`` and ``pr_curve_<iou type>.png``;
+    for classification and segmentation ``confusion_matrix.png``
+    (:func:`bicsnet.metrics.write_eval_plots`). ``coco_backend``: how detectors
+    are scored (:data:`bicsnet.metrics.COCO_BACKENDS`; ``None``: pycocotools).
 
     Raises:
-        ConfigError: the data's classes or category ids differ from the model's.
+        ConfigError: the data's classes or category ids differ from the model's; an unknown or uninstalled coco_backend.
         CheckpointError, DataError: unreadable weights or data (naming the file).
     """
     from .engine.distributed import resolve_device
     from .engine.trainer import TrainConfig, Trainer, write_eval_outputs
+    from .metrics.coco import DEFAULT_COCO_BACKEND, resolve_coco_backend
+    from .metrics.report import write_eval_plots
 
+    backend = resolve_coco_backend(coco_backend or DEFAULT_COCO_BACKEND)  # a missing package fails before any work
     dev = resolve_device(device)
     model, meta = load_checkpoint_model(checkpoint, dev)
     spec = get_task(meta["task"])
@@ -220,100 +240,44 @@ def evaluate(
     if "cat_ids" in meta and task_data.extra_meta.get("cat_ids") != meta["cat_ids"]:
         raise ConfigError(f"{checkpoint}: category ids {meta['cat_ids']} differ from the data's {task_data.extra_meta.get('cat_ids')}")
     cfg = TrainConfig(batch_size=batch_size, num_workers=workers, device=str(dev), out_dir=str(out or "."), tensorboard=False)
-    trainer = Trainer(model, spec.name, None, task_data.val, cfg, task_data.collate, meta=meta)
+    if spec.adapter is None:
+        raise ConfigError(f"{checkpoint}: task {spec.name!r} cannot be evaluated")
+    adapter = spec.adapter(num_classes=meta.get("num_classes"), coco_backend=backend)
+    trainer = Trainer(model, adapter, None, task_data.val, cfg, task_data.collate, meta=meta)
     result = trainer.evaluate()
     if trainer.is_main:
         _warn_skipped(task_data)
         if out is not None:
             write_eval_outputs(out, result)
+            write_eval_plots(out, result.metrics, result.artifacts)
     return result.metrics
 
 
-@torch.no_grad()
-def predict(
-    checkpoint: str | os.PathLike,
-    inputs: Sequence[str | os.PathLike],
-    *,
-    out: str | os.PathLike | None = None,
-    score_thresh: float = 0.3,
-    device: str = "auto",
-    overwrite: bool = False,
-) -> list[Prediction]:
-    """Run a weights file on image files; one :class:`~bicsnet.tasks.Prediction` per input.
+# The public ``bicsnet.predict``: files, folders, glob patterns and videos, streamed in batches
+# (its description, the files' layout and the errors raised are in its docstring).
+predict = inference.predict
 
-    With ``out``, writes for each input ``<stem>.json`` and the drawn
-    ``<stem>.png`` (segmentation also ``<stem>_mask.png``, a palette PNG of
-    class indices) under ``out``, mirroring the inputs' folders below their
-    common folder, so ``cam1/frame.jpg`` and ``cam2/frame.jpg`` keep one
-    result each (``Prediction.files`` lists them). Every image is read and
-    every output name checked before anything is written.
+
+def _check_weights(model: Any) -> None:
+    """Weights options of a run's ``model`` section that cannot work fail before the data is read.
 
     Raises:
-        ConfigError: two inputs would write the same result (same folder and stem),
-            or results exist in ``out`` and ``overwrite`` is false.
-        DataError: an unreadable image (naming the file).
+        ConfigError: both ``weights`` and ``backbone_weights``, a ``strict_weights`` that is not a bool,
+            or ``strict_weights`` without ``weights``.
+        CheckpointError: a weights file that does not exist (naming it).
     """
-    from .data import load_image
-    from .engine.distributed import resolve_device
-    from .viz import save_image
+    from .weights import weights_path
 
-    paths = list(dict.fromkeys(Path(p) for p in inputs))  # the same file twice is one input
-    stems = _output_stems(paths) if out is not None else {}
-    if out is not None and not overwrite:
-        existing = [str(f) for stem in stems.values() for f in _result_files(Path(out), stem) if f.exists()]
-        if existing:
-            more = " ..." if len(existing) > 3 else ""
-            raise ConfigError(f"--out {out}: {', '.join(existing[:3])}{more} already exist(s); pass --overwrite to replace")
-    dev = resolve_device(device)
-    model, meta = load_checkpoint_model(checkpoint, dev)
-    spec = get_task(meta["task"])
-    if spec.predict is None:
-        raise ConfigError(f"task {spec.name!r} has no predictor")
-    loaded = [(path, load_image(path)) for path in paths]
-    results: list[Prediction] = []
-    for path, img in loaded:
-        pred = spec.predict(model, img.to(dev), meta, score_thresh)
-        pred.record = {"image": str(path), "height": img.shape[-2], "width": img.shape[-1], "task": spec.name, **pred.record}
-        if out is not None:
-            json_file, picture_file, mask_file = _result_files(Path(out), stems[path])
-            if pred.mask is not None:
-                pred.record["mask_png"] = mask_file.name
-                save_image(pred.mask, mask_file)
-                pred.files.append(mask_file)
-            atomic_write_json(json_file, pred.record)
-            pred.files.append(json_file)
-            if pred.picture is not None:
-                save_image(pred.picture, picture_file)
-                pred.files.append(picture_file)
-        results.append(pred)
-    return results
-
-
-def _output_stems(paths: Sequence[Path]) -> dict[Path, Path]:
-    """Each input's result path without suffix, relative to ``out``: its folder below the inputs' common folder, and its stem.
-
-    Raises:
-        ConfigError: two inputs map to the same result (e.g. ``frame.jpg`` and ``frame.png`` in one folder).
-    """
-    if not paths:
-        return {}
-    folders = [p.resolve().parent for p in paths]
-    root = Path(os.path.commonpath(folders))
-    stems: dict[Path, Path] = {}
-    seen: dict[Path, Path] = {}
-    for path, folder in zip(paths, folders):
-        stem = folder.relative_to(root) / path.stem
-        if stem in seen:
-            raise ConfigError(f"{seen[stem]} and {path} would both write {stem}.json; rename one or predict them in separate runs")
-        seen[stem] = path
-        stems[path] = stem
-    return stems
-
-
-def _result_files(out: Path, stem: Path) -> tuple[Path, Path, Path]:
-    """The JSON, drawn picture and label-mask files of one result."""
-    base = out / stem
-    return base.with_name(base.name + ".json"), base.with_name(base.name + ".png"), base.with_name(base.name + "_mask.png")
+    if model.weights and model.backbone_weights:
+        raise ConfigError("--weights (model.weights) and --backbone-weights (model.backbone_weights): give one; "
+                          "--weights initialises the whole model, --backbone-weights only its backbone")  # fmt: skip
+    if not isinstance(model.strict_weights, bool):
+        raise ConfigError(f"model.strict_weights={model.strict_weights!r}: expected true or false")
+    if model.strict_weights and not model.weights:
+        raise ConfigError("--strict (model.strict_weights) applies to --weights (model.weights), which is not given")
+    for path in (model.weights, model.backbone_weights):
+        if path:
+            weights_path(path)
 
 
 def _model_options(model: Any, spec: Any, size: int | None) -> dict[str, Any]:

@@ -43,7 +43,12 @@ class ModelConfig:
         task: a key of :data:`bicsnet.tasks.TASKS`.
         img_size: input size in pixels; ``None``: the task's default, else the model's (Table I).
         options: ``create_model`` options: backbone-config fields or the task head's options.
-        backbone_weights: initialise the backbone from a weights file of any task.
+        weights: initialise the whole model from a weights file trained elsewhere (``.safetensors``,
+            ``.pth`` / ``.pt`` / ``.bin``; :func:`bicsnet.weights.load_weights`); tensors that do
+            not fit are skipped and reported unless ``strict_weights``.
+        strict_weights: refuse ``weights`` unless every tensor fits the model exactly.
+        backbone_weights: initialise only the backbone from a weights file of any task
+            (:func:`bicsnet.weights.load_backbone_weights`); every backbone tensor must fit.
         bn_momentum: PyTorch momentum of every BatchNorm (``None``: the model's; short runs need ~0.1).
     """
 
@@ -51,6 +56,8 @@ class ModelConfig:
     task: str = "detection"
     img_size: int | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    weights: str | None = None
+    strict_weights: bool = False
     backbone_weights: str | None = None
     bn_momentum: float | None = None
 
@@ -85,7 +92,7 @@ class RunConfig:
             self.model = _build(ModelConfig, self.model, "model")
         if isinstance(self.data, Mapping):
             self.data = _build(DataSpec, self.data, "data")
-        self.train = dict(self.train or {})
+        self.train = TrainConfig.upgrade_legacy(self.train or {})  # e.g. an older config.yaml's amp_dtype
         _check_keys(self.train, _field_names(TrainConfig), "train")
 
     # ------------------------------------------------------------------ I/O

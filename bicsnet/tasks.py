@@ -24,7 +24,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from PIL import Image
@@ -77,6 +77,7 @@ class Prediction:
     picture: Image.Image | None = None
     mask: Image.Image | None = None
     files: list[Path] = field(default_factory=list)  # what bicsnet.predict wrote for it
+    detections: dict[str, Tensor] | None = None  # a detector's kept boxes/scores/labels(/masks), CPU, for predictions.coco.json
 
 
 @dataclass(frozen=True)
@@ -97,12 +98,12 @@ class TaskSpec:
         small_recipe: the recipe for small datasets trained from scratch, ``None``: the paper's is used.
         data_flags: the :class:`~bicsnet.data.spec.DataSpec` fields the task reads.
         build_data: ``build_data(spec, img_size, train, scale_range) -> TaskData``.
-        adapter: ``adapter(num_classes, label_smoothing, ignore_index) -> engine adapter``.
+        adapter: ``adapter(num_classes, label_smoothing, ignore_index, coco_backend) -> engine adapter``.
         network: ``network(model, x)``: backbone + head on a pre-processed
             ``(B, 3, H, W)`` tensor (what FLOPs count, benchmarks time and export traces).
         export: ``export(model) -> (module, input_names, output_names)``, ``None``: not exportable.
-        predict: ``predict(model, image, meta, score_thresh) -> Prediction`` for one
-            ``(3, H, W)`` image in [0, 1].
+        predict: ``predict(model, images, meta, score_thresh) -> list[Prediction]``, one per
+            image, for ``(3, H, W)`` images in [0, 1] of one shape, run as one batch.
         metric: the headline metric's path in ``metrics.json`` (e.g. ``bbox.AP``).
         bench: how ``bicsnet bench`` feeds the task's models (:class:`BenchIO`), ``None``: not benchmarked.
     """
@@ -122,7 +123,7 @@ class TaskSpec:
     build_data: Callable[..., TaskData] | None = None
     adapter: Callable[..., Any] | None = None
     export: Callable[[nn.Module], tuple[nn.Module, list[str], list[str]]] | None = None
-    predict: Callable[..., Prediction] | None = None
+    predict: Callable[..., list[Prediction]] | None = None
     metric: str | None = None
     bench: BenchIO | None = None
 
@@ -345,15 +346,19 @@ CLASSIFICATION_FLAGS = ("data",)
 
 
 def _detection_adapter(with_masks: bool) -> Callable[..., Any]:
-    def make(num_classes: int | None = None, label_smoothing: float = 0.0, ignore_index: int = 255) -> Any:
+    def make(
+        num_classes: int | None = None, label_smoothing: float = 0.0, ignore_index: int = 255, coco_backend: str | None = None
+    ) -> Any:
         from .engine.adapters import DetectionTask
 
-        return DetectionTask(with_masks=with_masks)
+        return DetectionTask(with_masks=with_masks, coco_backend=coco_backend)
 
     return make
 
 
-def _segmentation_adapter(num_classes: int | None = None, label_smoothing: float = 0.0, ignore_index: int = 255) -> Any:
+def _segmentation_adapter(
+    num_classes: int | None = None, label_smoothing: float = 0.0, ignore_index: int = 255, coco_backend: str | None = None
+) -> Any:
     from .data.masks import IGNORE_LABEL
     from .engine.adapters import SegmentationTask
 
@@ -362,7 +367,9 @@ def _segmentation_adapter(num_classes: int | None = None, label_smoothing: float
     return SegmentationTask(num_classes=num_classes, ignore_index=IGNORE_LABEL)
 
 
-def _classification_adapter(num_classes: int | None = None, label_smoothing: float = 0.0, ignore_index: int = 255) -> Any:
+def _classification_adapter(
+    num_classes: int | None = None, label_smoothing: float = 0.0, ignore_index: int = 255, coco_backend: str | None = None
+) -> Any:
     from .engine.adapters import ClassificationTask
 
     return ClassificationTask(label_smoothing=label_smoothing)
@@ -371,61 +378,82 @@ def _classification_adapter(num_classes: int | None = None, label_smoothing: flo
 # --------------------------------------------------------------------------- prediction
 
 
-def _predict_detection(model: nn.Module, image: Tensor, meta: Mapping[str, Any], score_thresh: float) -> Prediction:
-    """Boxes (xyxy, original pixels), scores, labels, class names and the dataset's category ids; drawn boxes (and masks)."""
+def _predict_detection(
+    model: nn.Module, images: Sequence[Tensor], meta: Mapping[str, Any], score_thresh: float
+) -> list[Prediction]:
+    """Boxes (xyxy, original pixels), scores, labels, class names and the dataset's category ids; drawn boxes (and masks).
+
+    ``images``: ``(3, H, W)`` float 0-1 images of one shape (one forward pass; the
+    detector's transform would pad mixed sizes to the largest, which changes results).
+    Each prediction keeps its detections above ``score_thresh`` (CPU tensors) in ``detections``.
+    """
     from .viz import draw_detections
 
     names = list(meta.get("class_names", []))
     cat_ids = meta.get("cat_ids")
-    det = model([image])[0]
-    keep = det["scores"] >= score_thresh
-    det = {k: v[keep].cpu() for k, v in det.items()}
-    record = {
-        "detections": [
-            {
-                "box_xyxy": [round(float(c), 2) for c in b],
-                "score": round(float(s), 4),
-                "label": int(lab),
-                "class_name": names[lab - 1] if 0 < lab <= len(names) else str(lab),
-                **({"category_id": int(cat_ids[lab - 1])} if cat_ids else {}),
-            }
-            for b, s, lab in zip(det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist())
-        ]
-    }
-    pic = draw_detections(image.cpu(), det["boxes"], det["labels"], det["scores"], names, det.get("masks"), score_thresh)
-    return Prediction(record, pic)
+    preds = []
+    for image, det in zip(images, model(list(images))):
+        keep = det["scores"] >= score_thresh
+        det = {k: v[keep].cpu() for k, v in det.items()}
+        record = {
+            "detections": [
+                {
+                    "box_xyxy": [round(float(c), 2) for c in b],
+                    "score": round(float(s), 4),
+                    "label": int(lab),
+                    "class_name": names[lab - 1] if 0 < lab <= len(names) else str(lab),
+                    **({"category_id": int(cat_ids[lab - 1])} if cat_ids else {}),
+                }
+                for b, s, lab in zip(det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist())
+            ]
+        }
+        pic = draw_detections(image.cpu(), det["boxes"], det["labels"], det["scores"], names, det.get("masks"), score_thresh)
+        preds.append(Prediction(record, pic, detections=det))
+    return preds
 
 
-def _predict_segmentation(model: nn.Module, image: Tensor, meta: Mapping[str, Any], score_thresh: float) -> Prediction:
-    """The class map overlaid in VOC colours, the class map as a VOC palette PNG, pixels per class."""
+def _predict_segmentation(
+    model: nn.Module, images: Sequence[Tensor], meta: Mapping[str, Any], score_thresh: float
+) -> list[Prediction]:
+    """The class map overlaid in VOC colours, the class map as a VOC palette PNG, pixels per class.
+
+    ``images``: ``(3, H, W)`` float 0-1 images of one shape, run as one ``(N, 3, H, W)`` batch.
+    """
     from .data import voc_palette
     from .viz import overlay_segmentation
 
     names = list(meta.get("class_names", []))
-    pred = model(image[None])[0].argmax(0).cpu()
-    counts = torch.bincount(pred.flatten(), minlength=len(names) or 1)
-    record = {"pixels_per_class": {(names[i] if i < len(names) else str(i)): int(c) for i, c in enumerate(counts) if c}}
-    pic = overlay_segmentation(image.cpu(), pred, max(len(names), int(pred.max()) + 1))
-    mask = Image.fromarray(pred.to(torch.uint8).numpy())
-    mask.putpalette(voc_palette())  # 'L' -> 'P': the VOC label PNG format
-    return Prediction(record, pic, mask)
+    preds = []
+    for image, pred in zip(images, model(torch.stack(list(images))).argmax(1).cpu()):
+        counts = torch.bincount(pred.flatten(), minlength=len(names) or 1)
+        record = {"pixels_per_class": {(names[i] if i < len(names) else str(i)): int(c) for i, c in enumerate(counts) if c}}
+        pic = overlay_segmentation(image.cpu(), pred, max(len(names), int(pred.max()) + 1))
+        mask = Image.fromarray(pred.to(torch.uint8).numpy())
+        mask.putpalette(voc_palette())  # 'L' -> 'P': the VOC label PNG format
+        preds.append(Prediction(record, pic, mask))
+    return preds
 
 
-def _predict_classification(model: nn.Module, image: Tensor, meta: Mapping[str, Any], score_thresh: float) -> Prediction:
-    """The top-5 classes with probabilities (JSON only)."""
+def _predict_classification(
+    model: nn.Module, images: Sequence[Tensor], meta: Mapping[str, Any], score_thresh: float
+) -> list[Prediction]:
+    """The top-5 classes with probabilities (JSON only); ``images`` of any sizes (each is resized and cropped first)."""
     from .data import classification_eval_transforms
 
     names = list(meta.get("class_names", []))
-    x = classification_eval_transforms(int(meta.get("img_size", 224)))(image)[None]
-    probs = model(x).softmax(-1)[0]
-    top = probs.topk(min(5, probs.numel()))
-    record = {
-        "top5": [
-            {"label": int(i), "class_name": names[i] if i < len(names) else str(i), "prob": round(float(p), 4)}
-            for p, i in zip(top.values.tolist(), top.indices.tolist())
-        ]
-    }
-    return Prediction(record)
+    transform = classification_eval_transforms(int(meta.get("img_size", 224)))
+    probs = model(torch.stack([transform(image) for image in images])).softmax(-1)
+    preds = []
+    for p in probs:
+        top = p.topk(min(5, p.numel()))
+        record = {
+            "top5": [
+                {"label": int(i), "class_name": names[i] if i < len(names) else str(i), "prob": round(float(v), 4)}
+                for v, i in zip(top.values.tolist(), top.indices.tolist())
+            ]
+        }
+        preds.append(Prediction(record))
+    return preds
 
 
 # --------------------------------------------------------------------------- benchmark workloads

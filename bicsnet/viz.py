@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -14,7 +14,9 @@ from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 from bicsnet.data.palette import voc_colormap
 from bicsnet.io import atomic_save
 
-__all__ = ["draw_detections", "overlay_segmentation", "plot_loss_curve", "save_image"]
+__all__ = [
+    "draw_detections", "overlay_segmentation", "plot_loss_curve", "plot_pr_curves", "plot_confusion_matrix", "save_image",
+]
 
 _FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF"}
 
@@ -136,6 +138,104 @@ def plot_loss_curve(rows: Sequence[dict[str, Any]], out_png: str | os.PathLike, 
             ax.set_yscale("log")  # learning rates and early losses span decades
         ax.grid(True, alpha=0.3)
     axes[-1].set_xlabel("step")
+    fig.tight_layout()
+    atomic_save(out_png, lambda tmp: fig.savefig(tmp, format="png"))
+
+
+#: Above this many classes a plot drops per-class labels (legend entries, tick labels): they would overlap.
+_MAX_LEGEND_CLASSES = 20
+_MAX_TICK_CLASSES = 30
+
+
+def plot_pr_curves(curves: Mapping[str, Any], out_png: str | os.PathLike, title: str = "") -> None:
+    """Draw COCO precision-recall curves to a PNG: one panel per IoU setting, one line per class, the mean thick.
+
+    ``curves`` is one iou type of :attr:`bicsnet.metrics.coco.CocoEvaluation.pr_curves`
+    (the ``pr_curves.json`` evaluation artifact): ``{"recall": [R], "curves":
+    [{"metric", "iou", "mean": [R], "per_class": [{"name", "precision": [R]}]}]}``,
+    COCOeval's interpolated precision at its 101 recall points. Classes
+    without ground truth (precision -1) have no line. With at most 20 classes
+    the legend names each line with its mean precision (the AP it stands for).
+    """
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    recall = np.asarray(curves["recall"], dtype=float)
+    panels = list(curves["curves"])
+    fig = Figure(figsize=(5.5 * max(len(panels), 1), 5.0), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, max(len(panels), 1), squeeze=False)[0]
+    palette = colormaps["tab20"]
+    order = [*range(0, 20, 2), *range(1, 20, 2)]  # tab20's strong colours first: neighbouring classes differ
+    for ax, panel in zip(axes, panels):
+        classes = list(panel["per_class"])
+        labelled = len(classes) <= _MAX_LEGEND_CLASSES
+        for k, cls in enumerate(classes):
+            precision = np.asarray(cls["precision"], dtype=float)
+            if precision.size and precision.min() < 0:  # no ground truth: nothing to draw
+                continue
+            label = f"{cls['name']} ({precision.mean():.3f})" if labelled else None
+            ax.plot(recall, precision, linewidth=1.0, alpha=0.8, color=palette(order[k % 20]), label=label)
+        mean = np.asarray(panel["mean"], dtype=float)
+        if mean.size and mean.min() >= 0:
+            ax.plot(recall, mean, linewidth=2.5, color="black", label=f"mean ({mean.mean():.3f})")
+        ax.set_title(f"IoU {panel['iou']} ({panel['metric']}), area all, 100 detections", fontsize=10)
+        ax.set_xlabel("recall")
+        ax.set_ylabel("precision")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.grid(True, alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="best")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    atomic_save(out_png, lambda tmp: fig.savefig(tmp, format="png"))
+
+
+def plot_confusion_matrix(
+    counts: Sequence[Sequence[int]], class_names: Sequence[str], out_png: str | os.PathLike, title: str = ""
+) -> None:
+    """Draw a confusion matrix (rows = ground truth, columns = prediction) normalised by row to a PNG.
+
+    Each cell is the fraction of its ground-truth class predicted as the
+    column's class (the diagonal is the per-class recall); a class with no
+    sample has an empty row. Above 30 classes the tick labels are left out,
+    up to 12 the cells carry their fractions.
+
+    Raises:
+        ValueError: ``counts`` is not square or does not match ``class_names``.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    cm = np.asarray(counts, dtype=float).reshape(len(counts), -1) if len(counts) else np.zeros((0, 0))
+    k = len(class_names)
+    if cm.shape != (k, k):
+        raise ValueError(f"confusion matrix of shape {cm.shape} for {k} class names")
+    rows = cm.sum(axis=1, keepdims=True)
+    fraction = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+    side = min(max(5.0, 2.5 + 0.35 * k), 20.0)
+    fig = Figure(figsize=(side + 1.2, side), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    image = ax.imshow(fraction, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the ground-truth row")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("ground truth")
+    if k <= _MAX_TICK_CLASSES:
+        ax.set_xticks(range(k), labels=list(class_names), rotation=90, fontsize=8)
+        ax.set_yticks(range(k), labels=list(class_names), fontsize=8)
+    else:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if k <= 12:
+        for (i, j), value in np.ndenumerate(fraction):
+            if cm[i, j]:
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if value > 0.5 else "black")  # fmt: skip
+    ax.set_title(title or f"confusion matrix ({k} classes, {int(cm.sum())} samples)", fontsize=10)
     fig.tight_layout()
     atomic_save(out_png, lambda tmp: fig.savefig(tmp, format="png"))
 

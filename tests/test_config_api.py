@@ -34,7 +34,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_run_stores_resolved_config_and_reproduces(run: Path, tmp_path: Path) -> None:
     stored = yaml.safe_load((run / "config.yaml").read_text())
     assert stored["model"] == {"name": "bicsnet_48_tiny", "task": "classification", "img_size": 64, "options": {},
-                               "backbone_weights": None, "bn_momentum": None}  # fmt: skip
+                               "weights": None, "strict_weights": False, "backbone_weights": None,
+                               "bn_momentum": None}  # fmt: skip
     # Resolved: the recipe's schedule and every TrainConfig field explicit, the --set value kept.
     assert stored["train"]["lr"] == 0.05 and stored["train"]["schedule"] == "cosine" and stored["train"]["epochs"] == 1
     assert stored["train"]["lr_reference_batch"] is None
@@ -121,7 +122,7 @@ def test_predict_keeps_one_result_per_input_when_base_names_repeat(run: Path, tm
     images = [str(tmp_path / "cam1" / "frame.jpg"), str(tmp_path / "cam2" / "frame.jpg")]
     assert main(["predict", "--checkpoint", str(run), *images, "--device", "cpu", "--out", str(out)]) == 0
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-    assert written == ["cam1/frame.json", "cam2/frame.json"]
+    assert written == ["cam1/frame.json", "cam2/frame.json", "predictions.csv"]  # a classifier: one CSV for the run
     assert [yaml.safe_load((out / c / "frame.json").read_text())["image"] for c in ("cam1", "cam2")] == images
     # Same folder, same stem: refused before anything is written, naming both inputs.
     clash = [*images, str(tmp_path / "cam2" / "frame.png")]

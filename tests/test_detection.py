@@ -163,7 +163,7 @@ def test_tiny_detector_learns_and_eval_matches_pycocotools(synth: Path, tmp_path
 
     # Backbone transfer between tasks (Section V: detection -> segmentation).
     seg = bicsnet.create_model("bicsnet_48_tiny", "segmentation", 4)
-    from bicsnet.engine.checkpoint import load_backbone_weights
+    from bicsnet.weights import load_backbone_weights
 
     report = load_backbone_weights(seg, run / "model.safetensors")
     assert report.loaded and not report.missing

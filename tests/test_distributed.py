@@ -164,7 +164,7 @@ def test_two_process_sampler_syncbn_and_training_parity(tmp_path):
     single, _ = load_model(tmp_path / "single" / "model.safetensors")
     assert ddp.keys() == single.keys()
     metrics = [json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("ddp", "single")]
-    assert metrics[0] == metrics[1] and set(metrics[0]) == {"top1", "top5"}
+    assert metrics[0] == metrics[1] and set(metrics[0]) == {"top1", "top5", "confusion_matrix"}
     for k in single:
         assert torch.allclose(ddp[k].float(), single[k].float(), atol=1e-5), (k, ddp[k], single[k])
 

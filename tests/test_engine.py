@@ -19,13 +19,13 @@ from torch.utils.data import Dataset
 
 from bicsnet.engine.checkpoint import (
     RunCheckpointer,
-    load_backbone_weights,
     load_model,
     load_state_into,
     load_training_state,
     save_model,
     save_training_state,
 )
+from bicsnet.weights import load_backbone_weights
 from bicsnet.engine.distributed import CPUSyncBatchNorm, ResumableDistributedSampler, convert_sync_batchnorm
 from bicsnet.engine.schedule import PAPER_STEP_MILESTONES, build_scheduler, lr_factor
 from bicsnet.engine.seeding import SeededDataset, capture_rng_state, restore_rng_state
@@ -470,15 +470,16 @@ def test_detection_evaluate_gathers_results(monkeypatch):
         calls.setdefault("with_masks", set()).add(with_masks)
         return [{"image_id": i, "category_id": cat_ids[0], "bbox": [0, 0, 4, 4], "score": 0.9} for i in image_ids]
 
-    def evaluate_coco(coco_gt, results, iou_types=("bbox",)):
+    def coco_evaluation(coco_gt, results, iou_types=("bbox",), backend="pycocotools"):
         calls["iou_types"] = tuple(iou_types)
-        return {t: {"AP": 0.5} for t in iou_types}
+        return types.SimpleNamespace(metrics={t: {"AP": 0.5} for t in iou_types}, pr_curves={})
 
     fake = types.ModuleType("bicsnet.metrics.coco")
-    fake.detections_to_coco_results, fake.evaluate_coco = to_results, evaluate_coco
-    monkeypatch.setitem(sys.modules, "bicsnet.metrics.coco", fake)
-    import bicsnet.metrics
+    fake.detections_to_coco_results, fake.coco_evaluation = to_results, coco_evaluation
+    fake.PR_CURVES_ARTIFACT, fake.DEFAULT_COCO_BACKEND = "pr_curves.json", "pycocotools"
+    import bicsnet.metrics  # the real package first: its __init__ imports names the fake lacks
 
+    monkeypatch.setitem(sys.modules, "bicsnet.metrics.coco", fake)
     monkeypatch.setattr(bicsnet.metrics, "coco", fake, raising=False)
     dataset = types.SimpleNamespace(coco=object(), cat_ids=[7, 9])
     loader = [([torch.rand(3, 8, 8)] * 2, [{"image_id": 1}, {"image_id": torch.tensor(2)}])]
@@ -516,4 +517,4 @@ def test_segmentation_evaluate_model():
         model.weight.copy_(torch.eye(3).view(3, 3, 1, 1))  # perfect predictor
     result = evaluate_model(model, "segmentation", TensorDataset(images, masks), 2, device="cpu", num_classes=3)
     assert result.metrics["mIoU"] == pytest.approx(1.0) and result.metrics["pixel_acc"] == pytest.approx(1.0)
-    assert set(result.metrics) == {"mIoU", "pixel_acc", "per_class_iou"}
+    assert set(result.metrics) == {"mIoU", "pixel_acc", "per_class_iou", "confusion_matrix"}

@@ -199,7 +199,11 @@ def test_torchrun_cli_matches_one_process_with_the_same_global_batch(ddp_runs: d
     # Only rank 0 writes: the same files as one process, each once.
     names = lambda p: sorted(q.relative_to(p).as_posix() for q in p.rglob("*") if q.is_file())  # noqa: E731
     assert names(ddp_runs["ddp"]) == names(ddp_runs["single"])
-    assert set(json.loads((ddp_runs["ddp"] / "metrics.json").read_text())) == {"top1", "top5"}
+    metrics = {k: json.loads((ddp_runs[k] / "metrics.json").read_text()) for k in ("ddp", "single")}
+    assert set(metrics["ddp"]) == {"top1", "top5", "confusion_matrix"}
+    # The confusion matrix is summed over both processes: it counts every validation image once, as one process does.
+    total = lambda m: sum(map(sum, m["confusion_matrix"]["counts"]))  # noqa: E731
+    assert total(metrics["ddp"]) == total(metrics["single"]) > 0
     config = json.loads((ddp_runs["ddp"] / "config.json").read_text())
     assert config["train"]["batch_size"] == 2 and "global batch 4" in ddp_runs["ddp_log"].read_text()
 

@@ -204,7 +204,7 @@ def _approx_metrics(a: dict, b: dict, tol: float = 2e-3) -> bool:
 def test_segmentation_eval_equals_recomputation(seg_run: Path, synth: dict[str, Path], tmp_path: Path) -> None:
     # No data flags: the checkpoint's synthetic set is found from its metadata.
     metrics = _eval(seg_run / "model.safetensors", tmp_path / "b1", "--batch-size", "1")
-    assert set(metrics) == {"mIoU", "pixel_acc", "per_class_iou"}
+    assert set(metrics) == {"mIoU", "pixel_acc", "per_class_iou", "confusion_matrix"}
     assert list(metrics["per_class_iou"]) == ["background", "circle", "square", "triangle", "star", "ring", "cross"]
     assert 0 <= metrics["mIoU"] <= 1 and 0 <= metrics["pixel_acc"] <= 1
 
@@ -221,6 +221,8 @@ def test_segmentation_eval_equals_recomputation(seg_run: Path, synth: dict[str, 
             keep = mask.numpy() != 255
             np.add.at(cm, (mask.numpy()[keep], pred.numpy()[keep]), 1)
     assert metric.compute() == metrics
+    assert metrics["confusion_matrix"] == {"classes": meta["class_names"], "counts": cm.tolist()}
+    assert (tmp_path / "b1" / "confusion_matrix.png").is_file()
     union = cm.sum(0) + cm.sum(1) - np.diag(cm)
     iou = np.diag(cm)[union > 0] / union[union > 0]
     assert metrics["mIoU"] == pytest.approx(iou.mean(), abs=1e-12)
@@ -234,17 +236,20 @@ def test_segmentation_eval_equals_recomputation(seg_run: Path, synth: dict[str, 
 
 def test_classification_eval_equals_recomputation(cls_run: Path, synth: dict[str, Path], tmp_path: Path) -> None:
     metrics = _eval(cls_run, tmp_path / "ev", "--batch-size", "5")
-    assert set(metrics) == {"top1", "top5"}
+    assert set(metrics) == {"top1", "top5", "confusion_matrix"}
     assert json.loads((cls_run / "metrics.json").read_text()) == metrics
     model, meta = load_checkpoint_model(cls_run / "model.safetensors")
     val = ImageFolderDataset(synth["folder_val"], classification_eval_transforms(meta["img_size"]))
     hits1 = hits5 = 0
+    counts = np.zeros((len(val.classes), len(val.classes)), dtype=np.int64)  # rows: label, columns: prediction
     with torch.no_grad():
         for image, label in val:
             order = model(image[None])[0].argsort(descending=True).tolist()
             hits1 += order[0] == label
             hits5 += label in order[:5]
-    assert metrics == {"top1": hits1 / len(val), "top5": hits5 / len(val)}
+            counts[label, order[0]] += 1
+    assert metrics == {"top1": hits1 / len(val), "top5": hits5 / len(val),
+                       "confusion_matrix": {"classes": val.classes, "counts": counts.tolist()}}  # fmt: skip
 
 
 # --------------------------------------------------------------------------- predict
@@ -330,7 +335,8 @@ def test_segmentation_loss_without_labelled_pixels_is_zero() -> None:
 def test_segmentation_metric_skips_batches_without_labelled_pixels() -> None:
     metric = SegmentationMetric(3, class_names=["a", "b", "c"])
     empty = metric.compute()
-    assert empty == {"mIoU": 0.0, "pixel_acc": 0.0, "per_class_iou": {"a": None, "b": None, "c": None}}
+    assert empty == {"mIoU": 0.0, "pixel_acc": 0.0, "per_class_iou": {"a": None, "b": None, "c": None},
+                     "confusion_matrix": {"classes": ["a", "b", "c"], "counts": [[0, 0, 0]] * 3}}  # fmt: skip
     metric.update(torch.zeros(2, 4, 4, dtype=torch.int64), torch.full((2, 4, 4), 255))
     assert int(metric.confusion.sum()) == 0 and metric.compute() == empty
     target = torch.tensor([[0, 1], [2, 255]])

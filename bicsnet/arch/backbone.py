@@ -301,6 +301,13 @@ class PyramidBackbone(nn.Module):
 class BiCSNet(PyramidBackbone):
     """BiCSNet backbone (Section III) producing P3..P7; also the lite backbones (Section V-E).
 
+    Its outputs are named ``p3``..``p7`` (bicsnet's detectors, heads and export
+    read these names). torchvision's detectors with default arguments look for
+    maps named ``"0"``..``"3"``: ``FasterRCNN(BiCSNet(...), num_classes=3)``
+    fails in torchvision's RoI pooler with an ``IndexError``. Use
+    :func:`bicsnet.torchvision_backbone` (``FasterRCNN(bicsnet.torchvision_backbone("bicsnet_48"),
+    num_classes=3)``; also ``MaskRCNN``, ``KeypointRCNN``, ``RetinaNet``, ``FCOS``).
+
     Raises:
         ConfigError: a bad configuration (see :meth:`BiCSNetConfig.validate`).
     """

@@ -10,18 +10,20 @@ __all__ = ["register"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from ..data.synthetic import KINDS
     from ..tasks import task_names
     from .run_cmd import add_data_args
 
     p = sub.add_parser("data", help="dataset tools")
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     s = dsub.add_parser("synth", help="generate the deterministic synthetic dataset (COCO, VOC and image-folder layouts)")
-    s.add_argument("--out", required=True)
-    s.add_argument("--num-train", type=int, default=400)
-    s.add_argument("--num-val", type=int, default=100)
-    s.add_argument("--img-size", type=int, default=256)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--kinds", nargs="+", default=["coco", "voc", "folder"], choices=["coco", "voc", "folder"])
+    s.add_argument("--out", required=True, help="folder to write the dataset into")
+    s.add_argument("--num-train", type=int, default=400, help="training images (default: %(default)s)")
+    s.add_argument("--num-val", type=int, default=100, help="validation images (default: %(default)s)")
+    s.add_argument("--img-size", type=int, default=256, help="long side of the images in pixels (default: %(default)s)")
+    s.add_argument("--seed", type=int, default=0, help="generator seed: the same seed gives the same files (default: %(default)s)")
+    s.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS,
+                   help=f"layouts to write (default: {' '.join(KINDS)})")
     s.set_defaults(func=run_synth)
 
     c = dsub.add_parser(

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..errors import ConfigError
+from ..io import atomic_write_json
 from .common import add_device_arg, resolve_device
 
 if TYPE_CHECKING:
@@ -36,13 +37,18 @@ DEMO_PRESETS = {
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="generate data, train a small detector, evaluate, draw predictions (offline)")
-    p.add_argument("--out", default="runs/demo")
-    p.add_argument("--epochs", type=int, help="override the preset's epochs")
-    p.add_argument("--model", help="override the preset's model")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--out", default="runs/demo", help="output folder (default: %(default)s)")
+    p.add_argument("--epochs", type=int, help=f"override the preset's epochs (default: the preset's, {_per_preset('epochs')})")
+    p.add_argument("--model", help=f"override the preset's model (default: the preset's, {_per_preset('model')})")
+    p.add_argument("--workers", type=int, default=2, help="data-loading processes (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="delete a previous demo run in --out first")
     add_device_arg(p)
     p.set_defaults(func=run_demo)
+
+
+def _per_preset(key: str) -> str:
+    """``key`` of each preset for a help text: ``"CPU 32, CUDA 60"``."""
+    return ", ".join(f"{device.upper()} {preset[key]}" for device, preset in DEMO_PRESETS.items())
 
 
 def demo_config(preset: dict, out: Path, device: str, workers: int) -> "RunConfig":
@@ -79,12 +85,12 @@ def run_demo(args: argparse.Namespace) -> int:
         shutil.rmtree(out)
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    (out / "demo.json").write_text(json.dumps({"preset": preset, "device": device.type}, indent=2))
-    result = api.train(demo_config(preset, out, device.type, args.workers))
+    atomic_write_json(out / "demo.json", {"preset": preset, "device": device.type})
+    result = api.train(demo_config(preset, out, str(device), args.workers))
     metrics = result.metrics
     train_s = time.perf_counter() - t0
     val_images = sorted((out / "data" / "coco" / "val").glob("*"))[:6]
-    preds = api.predict(result.weights, val_images, out=out / "predictions", device=device.type, score_thresh=0.4)
+    preds = api.predict(result.weights, val_images, out=out / "predictions", device=str(device), score_thresh=0.4)
     pics = [f for p in preds for f in p.files]
     summary = {
         "model": preset["model"],
@@ -101,7 +107,7 @@ def run_demo(args: argparse.Namespace) -> int:
             "weights": str(result.weights),
         },
     }
-    (out / "demo.json").write_text(json.dumps({"preset": preset, **summary}, indent=2))
+    atomic_write_json(out / "demo.json", {"preset": preset, **summary})
     bbox = summary["bbox"]
     print(f"\nBiCSNet demo done in {summary['minutes']} min on {device.type}: "
           f"box AP {bbox.get('AP', 0):.3f}, AP50 {bbox.get('AP50', 0):.3f} on {preset['synth_val']} synthetic val images")

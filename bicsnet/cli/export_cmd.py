@@ -18,14 +18,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "onnxruntime against eager PyTorch unless --no-check.",
     )
     p.add_argument("--checkpoint", required=True, help="model.safetensors written by 'bicsnet train' (or its run directory)")
-    p.add_argument("--format", default="onnx", choices=["onnx"], help="output format")
+    p.add_argument("--format", default="onnx", choices=["onnx"], help="output format (default: %(default)s)")
     p.add_argument("--out", required=True, help="output file (.onnx)")
     p.add_argument("--dynamic", action="store_true", help="symbolic batch, height and width (default: fixed to the example)")
     p.add_argument("--img-size", type=int, help="example/fixed input size (default: the checkpoint's)")
-    p.add_argument("--batch", type=int, default=1, help="example/fixed batch size")
+    p.add_argument("--batch", type=int, default=1, help="example/fixed batch size (default: %(default)s)")
     p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime vs PyTorch comparison")
-    p.add_argument("--tolerance", type=float, default=1e-4, help="max allowed |onnx - torch| / max(1, max |torch|) per output")
+    p.add_argument("--tolerance", type=float, default=1e-4, help="max allowed |onnx - torch| / max(1, max |torch|) per output (default: %(default)s)")
     p.set_defaults(func=run_export)
 
 

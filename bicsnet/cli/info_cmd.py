@@ -17,21 +17,21 @@ __all__ = ["register"]
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="list models, describe one, or compare FLOPs/params with the paper")
     p.add_argument("--paper", action="store_true", help="the paper's FLOPs and params (Tables II-VII) beside ours")
-    p.add_argument("--model", help="describe one registered model")
+    p.add_argument("--model", help="describe one registered model (default: none, list them all)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run_info)
 
     p = sub.add_parser("flops", help="count multiply-adds and parameters of one model")
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", required=True, help="registered model name (bicsnet info lists them)")
     p.add_argument("--task", choices=list(TASKS), help="default: detection, or the model's only task")
     p.add_argument("--img-size", type=int, nargs="+", default=None, help="N or H W (default: Table I's size)")
     p.add_argument("--num-classes", type=int, default=None, help="default: the task's paper dataset's (COCO 80, VOC 21, ImageNet 1000)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="model override, e.g. width_mult=0.5")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="model override, e.g. width_mult=0.5; repeatable (default: none)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a line of text")
     p.set_defaults(func=run_flops)
 
     p = sub.add_parser("draw", help="render a model's block graph (Fig. 3d) to PNG/SVG")
-    p.add_argument("--model", default="bicsnet_48")
+    p.add_argument("--model", default="bicsnet_48", help="registered model name (default: %(default)s)")
     p.add_argument("--out", required=True, help="output file (.png, .svg or .pdf)")
     p.set_defaults(func=run_draw)
 

@@ -17,7 +17,7 @@ from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from bicsnet.data.image import load_image
+from bicsnet.data.image import DEFAULT_DECODER, Decoder, check_decoder, read_image, to_float_image
 from bicsnet.errors import ConfigError, DataError
 
 __all__ = ["CocoDetection", "load_coco_json", "make_coco"]
@@ -216,10 +216,13 @@ class CocoDetection(Dataset):
     record raises :class:`DataError` naming the file when it is loaded
     (silently substituting another sample would skew training and evaluation).
 
-    ``transforms(image, target)`` receives ``image`` as ``tv_tensors.Image``,
-    ``boxes``/``crowd_boxes`` as ``tv_tensors.BoundingBoxes`` and ``masks`` as
-    ``tv_tensors.Mask`` so torchvision v2 transforms move them together; the
-    outputs are returned as plain tensors.
+    ``transforms(image, target)`` receives ``image`` as a uint8
+    ``tv_tensors.Image`` (float32 [0, 1] for 16-bit grayscale files; see
+    :func:`~bicsnet.data.image.read_image`), ``boxes``/``crowd_boxes`` as
+    ``tv_tensors.BoundingBoxes`` and ``masks`` as ``tv_tensors.Mask`` so
+    torchvision v2 transforms move them together; the outputs are returned as
+    plain tensors, the image as float32 in [0, 1] whatever the transforms
+    returned. ``decode`` picks the image decoder (``"torchvision"`` or ``"pil"``).
     """
 
     def __init__(
@@ -230,6 +233,7 @@ class CocoDetection(Dataset):
         with_masks: bool = False,
         skip_bad: bool = True,
         max_skipped: float | None = DEFAULT_MAX_SKIPPED,
+        decode: Decoder = DEFAULT_DECODER,
     ) -> None:
         if max_skipped is not None and not (_is_num(max_skipped) and 0 <= max_skipped <= 1):
             raise ConfigError(f"--max-skipped {max_skipped!r}: must be a fraction in [0, 1]")
@@ -239,6 +243,7 @@ class CocoDetection(Dataset):
         self.with_masks = with_masks
         self.skip_bad = skip_bad
         self.max_skipped = max_skipped
+        self.decode = check_decoder(decode)
         data = load_coco_json(self.ann_file)
         #: Annotation records in the file (before any is rejected).
         self.num_annotations: int = len(data["annotations"])
@@ -460,7 +465,7 @@ class CocoDetection(Dataset):
         image_id = self.ids[index]
         info = self.coco.imgs[image_id]
         path = self.image_path(index)
-        image = load_image(path)
+        image = read_image(path, self.decode)  # uint8 until the transforms' last step
         h, w = image.shape[-2:]
         if (h, w) != (info["height"], info["width"]):
             raise DataError(
@@ -485,7 +490,7 @@ class CocoDetection(Dataset):
             target["masks"] = torch.from_numpy(masks.astype(np.uint8, copy=False))
         if self.transforms is not None:
             image, target = self._apply_transforms(image, target)
-        return image, target
+        return to_float_image(image), target
 
     def _apply_transforms(self, image: torch.Tensor, target: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
         size = tuple(image.shape[-2:])

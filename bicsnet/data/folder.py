@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 from torch.utils.data import Dataset
 
-from bicsnet.data.image import IMAGE_EXTENSIONS, load_image
+from bicsnet.data.image import DEFAULT_DECODER, IMAGE_EXTENSIONS, Decoder, check_decoder, read_image, to_float_image
 from bicsnet.errors import DataError
 
 __all__ = ["ImageFolderDataset"]
@@ -18,14 +18,22 @@ class ImageFolderDataset(Dataset):
     """One class per sub-folder of ``root_split_dir`` (sorted by name, label = index).
 
     Items are ``(image, label)``: float32 ``3 x H x W`` in [0, 1] (after
-    ``transforms(image)`` if given) and an int. Hidden files/folders are
+    ``transforms(image)`` if given, which receives the uint8 tensor, float32
+    [0, 1] for 16-bit grayscale files; ``decode`` picks the decoder, see
+    :func:`~bicsnet.data.image.read_image`) and an int. Hidden files/folders are
     ignored. An empty class folder, or no class folders at all, raises
     :class:`DataError` naming the folder; an unreadable image raises it naming
     the file when loaded.
     """
 
-    def __init__(self, root_split_dir: str | os.PathLike, transforms: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+    def __init__(
+        self,
+        root_split_dir: str | os.PathLike,
+        transforms: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        decode: Decoder = DEFAULT_DECODER,
+    ) -> None:
         self.root = Path(root_split_dir)
+        self.decode = check_decoder(decode)
         self.transforms = transforms
         if not self.root.is_dir():
             raise DataError(f"{self.root}: image folder not found")
@@ -51,7 +59,7 @@ class ImageFolderDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[index]
-        image = load_image(path)
+        image = read_image(path, self.decode)  # uint8 until the transforms' last step
         if self.transforms is not None:
             image = self.transforms(image).as_subclass(torch.Tensor)
-        return image, label
+        return to_float_image(image), label

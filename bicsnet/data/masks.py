@@ -28,7 +28,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from bicsnet.data.image import IMAGE_EXTENSIONS, load_image
+from bicsnet.data.image import DEFAULT_DECODER, IMAGE_EXTENSIONS, Decoder, check_decoder, read_image, to_float_image
 from bicsnet.errors import ConfigError, DataError
 
 __all__ = [
@@ -135,8 +135,10 @@ class MaskDataset(Dataset):
     255 for ignored pixels. A mask of another size than its image, or with a
     value that is neither a class index nor ``ignore_index``, raises a
     :class:`DataError` naming the mask when the pair is read.
-    ``transforms(image, mask)`` receives ``tv_tensors.Image`` and
-    ``tv_tensors.Mask``; plain tensors are returned.
+    ``transforms(image, mask)`` receives a uint8 ``tv_tensors.Image`` (float32
+    [0, 1] for 16-bit grayscale files) and a ``tv_tensors.Mask``; plain tensors
+    are returned, the image as float32 in [0, 1] whatever the transforms
+    returned. ``decode`` picks the image decoder (:func:`~bicsnet.data.image.read_image`).
 
     Attributes:
         samples: ``(image path, mask path)`` pairs.
@@ -152,8 +154,10 @@ class MaskDataset(Dataset):
         class_names: Sequence[str],
         ignore_index: int = IGNORE_LABEL,
         transforms: Callable[[Any, Any], tuple[Any, Any]] | None = None,
+        decode: Decoder = DEFAULT_DECODER,
     ) -> None:
         self.samples = list(samples)
+        self.decode = check_decoder(decode)
         self.class_names = list(class_names)
         self.num_classes = len(self.class_names)
         self.ignore_index = check_ignore_index(ignore_index, self.num_classes)
@@ -173,7 +177,7 @@ class MaskDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image_path, mask_path = self.samples[index]
-        image = load_image(image_path)
+        image = read_image(image_path, self.decode)  # uint8 until the transforms' last step
         mask = self.load_mask(mask_path)
         if tuple(mask.shape) != tuple(image.shape[-2:]):
             raise DataError(
@@ -183,7 +187,7 @@ class MaskDataset(Dataset):
         if self.transforms is not None:
             image, mask = self.transforms(tv_tensors.Image(image), tv_tensors.Mask(mask))
             image, mask = image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)
-        return image, mask
+        return to_float_image(image), mask
 
 
 def read_list(path: Path) -> list[tuple[int, list[str]]]:
@@ -232,6 +236,7 @@ class SegmentationFolder(MaskDataset):
         class_names: the classes, label 0 first.
         ignore_index: the mask value of unlabelled pixels (read as 255, see the module docstring).
         transforms: ``transforms(image, mask)``.
+        decode: the image decoder, ``"torchvision"`` or ``"pil"`` (:func:`~bicsnet.data.image.read_image`).
     """
 
     def __init__(
@@ -242,6 +247,7 @@ class SegmentationFolder(MaskDataset):
         class_names: Sequence[str],
         ignore_index: int = IGNORE_LABEL,
         transforms: Callable[[Any, Any], tuple[Any, Any]] | None = None,
+        decode: Decoder = DEFAULT_DECODER,
     ) -> None:
         self.images = Path(images) if images is not None else None
         self.masks = Path(masks) if masks is not None else None
@@ -249,7 +255,7 @@ class SegmentationFolder(MaskDataset):
         for flag, folder in (("--images", self.images), ("--masks", self.masks)):
             if folder is not None and not folder.is_dir():
                 raise DataError(f"{folder}: {flag} folder not found")
-        super().__init__(self._read(), class_names, ignore_index, transforms)
+        super().__init__(self._read(), class_names, ignore_index, transforms, decode)
 
     def _read(self) -> list[tuple[Path, Path]]:
         samples = []

@@ -3,7 +3,19 @@
 Detection and segmentation transforms are called as ``t(image, target)`` and
 move boxes (``tv_tensors.BoundingBoxes``) and masks (``tv_tensors.Mask``)
 together with the image. Classification transforms are called as ``t(image)``.
-Images stay float32 in [0, 1] and are not normalised: the models do that.
+
+Images come in as uint8 (:func:`~bicsnet.data.image.read_image`) and stay
+uint8 through resizing, cropping, padding and flipping; :class:`ToFloatImage`
+turns them into float32 in [0, 1] as the last step (torchvision's advice for
+v2: uint8 kernels are faster and a quarter of the memory). They are not
+normalised: the models do that. Float32 [0, 1] input (16-bit files, or a
+caller's own tensors) is accepted too and stays float32 throughout.
+
+Numerics: evaluation transforms give exactly what the float pipeline gave
+(``x / 255``, then for classification the same float resize). Training
+augmentation resizes uint8 with antialiasing, which rounds to whole levels:
+results differ from resizing the float image by at most about one level
+(1.006 / 255 measured), an accepted change in the random augmentation.
 """
 from __future__ import annotations
 
@@ -14,8 +26,11 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from bicsnet.data.image import to_float_image
+
 __all__ = [
     "PAPER_SCALE_RANGE",
+    "ToFloatImage",
     "RandomCropPad",
     "ScaleJitter",
     "SanitizeDetectionTarget",
@@ -39,6 +54,24 @@ def _check_scale_range(scale_range: tuple[float, float]) -> tuple[float, float]:
     if not 0 < lo <= hi:
         raise ValueError(f"scale_range must satisfy 0 < min <= max, got {scale_range}")
     return lo, hi
+
+
+class ToFloatImage(v2.Transform):
+    """uint8 images to float32 in [0, 1] as ``x / 255`` (:func:`~bicsnet.data.image.to_float_image`); the last step.
+
+    Float images pass through as float32; boxes, masks and other targets are
+    untouched. Unlike ``v2.ToDtype(torch.float32, scale=True)`` (which
+    multiplies by ``1 / 255``, one float32 ulp away for half the values) the
+    result is bit-identical to :func:`~bicsnet.data.image.load_image`, so
+    evaluation inputs are exactly what they were before images stayed uint8.
+    """
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        # v2 hands over images, and a plain tensor only when no Image is present (its "pure tensor" rule).
+        if isinstance(inpt, tv_tensors.TVTensor) and not isinstance(inpt, tv_tensors.Image):
+            return inpt
+        out = to_float_image(inpt.as_subclass(torch.Tensor))
+        return tv_tensors.wrap(out, like=inpt) if isinstance(inpt, tv_tensors.Image) else out
 
 
 class RandomCropPad(v2.Transform):
@@ -115,19 +148,19 @@ class SanitizeDetectionTarget:
 
 
 def _jitter_crop_flip(size: int, scale_range: tuple[float, float], hflip: float, mask_fill: int) -> list[Any]:
-    """The shared training steps: float [0, 1] image, scale jitter, crop / pad to ``size x size``, flip.
+    """The shared training steps on the uint8 image: scale jitter, crop / pad to ``size x size``, flip, then float [0, 1].
 
     The long side becomes ``size * s`` (``s`` uniform in ``scale_range``); the
     bottom/right padding fills images with 0 and masks with ``mask_fill``.
     """
     lo, hi = _check_scale_range(scale_range)
     return [
-        v2.ToDtype(torch.float32, scale=True),
         # ScaleJitter scales by min(target/h, target/w) * s: for a square target
         # that puts the long side at size * s.
         ScaleJitter(target_size=(size, size), scale_range=(lo, hi), antialias=True),
         RandomCropPad(size, mask_fill=mask_fill),
         v2.RandomHorizontalFlip(p=hflip),
+        ToFloatImage(),
     ]
 
 
@@ -139,18 +172,19 @@ def detection_train_transforms(
     Resizes so the long side becomes ``img_size * s`` with ``s`` uniform in
     ``scale_range``, randomly crops (or pads bottom/right with 0) to exactly
     ``img_size x img_size``, flips horizontally with probability ``hflip``, and
-    drops boxes (with their labels and masks) left empty by the crop.
+    drops boxes (with their labels and masks) left empty by the crop; the
+    image stays uint8 until the float32 [0, 1] conversion after the flip.
     """
     return v2.Compose([*_jitter_crop_flip(img_size, scale_range, hflip, mask_fill=0), SanitizeDetectionTarget()])
 
 
 def detection_eval_transforms() -> v2.Compose:
-    """Evaluation transform for detection: only ensures a float [0, 1] image.
+    """Evaluation transform for detection: only makes a float32 [0, 1] image (``x / 255``, exactly).
 
     The detector resizes and pads internally and returns predictions in
     original image coordinates.
     """
-    return v2.Compose([v2.ToDtype(torch.float32, scale=True)])
+    return v2.Compose([ToFloatImage()])
 
 
 def segmentation_train_transforms(crop: int = 512, scale_range: tuple[float, float] = PAPER_SCALE_RANGE, hflip: float = 0.5) -> v2.Compose:
@@ -160,33 +194,40 @@ def segmentation_train_transforms(crop: int = 512, scale_range: tuple[float, flo
     ``scale_range``; for VOC-sized images this is the usual 0.5-2x scaling),
     randomly crops / pads to ``crop x crop`` (image pad 0, mask pad 255 =
     ignore) and flips horizontally. Masks are resized with nearest neighbour.
+    The image stays uint8 until the float32 [0, 1] conversion at the end.
     """
     return v2.Compose(_jitter_crop_flip(crop, scale_range, hflip, mask_fill=255))
 
 
 def segmentation_eval_transforms() -> v2.Compose:
-    """Evaluation transform for semantic segmentation: only ensures a float [0, 1] image."""
-    return v2.Compose([v2.ToDtype(torch.float32, scale=True)])
+    """Evaluation transform for semantic segmentation: only makes a float32 [0, 1] image (``x / 255``, exactly)."""
+    return v2.Compose([ToFloatImage()])
 
 
 def classification_train_transforms(size: int = 224) -> v2.Compose:
-    """Random-resized crop to ``size`` plus horizontal flip; called as ``t(image)``."""
+    """Random-resized crop to ``size`` plus horizontal flip on the uint8 image, then float32 [0, 1]; called as ``t(image)``."""
     return v2.Compose(
         [
             v2.ToImage(),
-            v2.ToDtype(torch.float32, scale=True),
             v2.RandomResizedCrop(size, antialias=True),
             v2.RandomHorizontalFlip(),
+            ToFloatImage(),
         ]
     )
 
 
 def classification_eval_transforms(size: int = 224) -> v2.Compose:
-    """Resize the shorter side to ``size * 256 / 224`` then centre-crop ``size``; called as ``t(image)``."""
+    """Resize the shorter side to ``size * 256 / 224`` then centre-crop ``size``; called as ``t(image)``.
+
+    The one pipeline that converts to float32 first: resizing uint8 would round
+    each pixel to a whole level (up to 1.006 / 255 away from the float result),
+    and evaluation and ``bicsnet predict`` (which passes float images) must see
+    the same numbers as before.
+    """
     return v2.Compose(
         [
             v2.ToImage(),
-            v2.ToDtype(torch.float32, scale=True),
+            ToFloatImage(),
             v2.Resize(round(size * 256 / 224), antialias=True),
             v2.CenterCrop(size),
         ]

@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from bicsnet.data.image import DEFAULT_DECODER, Decoder
 from bicsnet.data.masks import IGNORE_LABEL, MaskDataset, read_class_names, read_list
 from bicsnet.errors import DataError
 
@@ -31,6 +32,7 @@ class VOCSegmentation(MaskDataset):
     Classes are ``class_names`` when given, else ``root/classes.txt`` (one name
     per line, background first) when present, otherwise the 21 VOC classes.
     ``ignore_index`` is the mask value of unlabelled pixels (VOC: 255).
+    ``decode`` picks the image decoder (:func:`~bicsnet.data.image.read_image`).
 
     Items are ``(image, mask)``: float32 ``3 x H x W`` in [0, 1] and int64
     ``H x W`` (ignored pixels 255). Masks are read and checked by
@@ -46,6 +48,7 @@ class VOCSegmentation(MaskDataset):
         mask_dir: str = "SegmentationClass",
         ignore_index: int = IGNORE_INDEX,
         class_names: Sequence[str] | None = None,
+        decode: Decoder = DEFAULT_DECODER,
     ) -> None:
         self.root = Path(root)
         self.split = split
@@ -55,7 +58,7 @@ class VOCSegmentation(MaskDataset):
         if class_names is None:
             class_names = read_class_names(classes_file) if classes_file.exists() else list(VOC_CLASSES)
         self.list_file = Path(list_file) if list_file is not None else self.root / "ImageSets" / "Segmentation" / f"{split}.txt"
-        super().__init__(self._read_list(mask_dir), class_names, ignore_index, transforms)
+        super().__init__(self._read_list(mask_dir), class_names, ignore_index, transforms, decode)
 
     def _read_list(self, mask_dir: str) -> list[tuple[Path, Path]]:
         samples = []

@@ -6,13 +6,13 @@ What a command-line front end needs:
 * evaluate: ``evaluate_model(model, task, dataset, batch_size, collate_fn)`` then
   ``write_eval_outputs(out_dir, result)`` on the main process
 * weights: ``load_model(path) -> (state_dict, meta)``, ``load_state_into(model, state_dict)``,
-  ``load_backbone_weights(model, path)``, ``save_model(path, model, meta)``
+  ``save_model(path, model, meta)``; weights of any origin (``.pth``, prefixes, a backbone
+  alone): :mod:`bicsnet.weights`
 """
 from .checkpoint import (
     CheckpointSet,
     LoadReport,
     RunCheckpointer,
-    load_backbone_weights,
     load_model,
     load_state_into,
     load_training_state,
@@ -28,7 +28,7 @@ from .adapters import ClassificationTask, DetectionTask, EvalResult, Segmentatio
 from .trainer import TrainConfig, Trainer, evaluate_model, write_eval_outputs
 
 __all__ = [
-    "CheckpointSet", "LoadReport", "RunCheckpointer", "load_backbone_weights", "load_model", "load_state_into",
+    "CheckpointSet", "LoadReport", "RunCheckpointer", "load_model", "load_state_into",
     "load_training_state", "read_model_meta", "save_model", "save_training_state",
     "get_rank", "get_world_size", "init_distributed", "is_main_process", "shutdown_distributed",
     "build_scheduler", "lr_factor",

@@ -77,12 +77,17 @@ class DetectionTask(Task):
     Args:
         with_masks: evaluate ``segm`` as well as ``bbox``.  ``None`` decides
             from the model outputs (masks present or not).
+        coco_backend: the COCO evaluation backend
+            (:data:`~bicsnet.metrics.coco.COCO_BACKENDS`; default pycocotools).
     """
 
     name = "detection"
 
-    def __init__(self, with_masks: bool | None = None) -> None:
+    def __init__(self, with_masks: bool | None = None, coco_backend: str | None = None) -> None:
+        from ..metrics.coco import DEFAULT_COCO_BACKEND
+
         self.with_masks = with_masks
+        self.coco_backend = coco_backend or DEFAULT_COCO_BACKEND
 
     def losses(self, model: nn.Module, batch: Any, device: torch.device) -> dict[str, torch.Tensor]:
         images, targets = batch
@@ -92,8 +97,8 @@ class DetectionTask(Task):
 
     @torch.inference_mode()
     def evaluate(self, model: nn.Module, loader: Iterable, device: torch.device, dataset: Any) -> EvalResult:
-        """COCO ``bbox`` (and ``segm``) AP over ``dataset.coco``; artifact ``detections.json``."""
-        from ..metrics.coco import detections_to_coco_results, evaluate_coco
+        """COCO ``bbox`` (and ``segm``) AP over ``dataset.coco``; artifacts ``detections.json`` and ``pr_curves.json``."""
+        from ..metrics.coco import PR_CURVES_ARTIFACT, coco_evaluation, detections_to_coco_results
 
         model.eval()
         results: list[dict[str, Any]] = []
@@ -112,6 +117,7 @@ class DetectionTask(Task):
         gathered = all_gather_objects((results, saw_masks, seen))
         metrics: dict[str, Any] | None = None
         all_results: list[dict[str, Any]] = []
+        curves: dict[str, Any] = {}
         if is_main_process():
             for part, _, _ in gathered:
                 all_results.extend(part)
@@ -122,9 +128,10 @@ class DetectionTask(Task):
             masks = any_masks if self.with_masks is None else (self.with_masks and (any_masks or no_images))
             iou_types = ("bbox", "segm") if masks else ("bbox",)
             # No results (on any rank) still goes through COCOeval: -1 where there is no ground truth.
-            metrics = evaluate_coco(dataset.coco, all_results, iou_types=iou_types)
+            evaluation = coco_evaluation(dataset.coco, all_results, iou_types=iou_types, backend=self.coco_backend)
+            metrics, curves = evaluation.metrics, evaluation.pr_curves
         metrics = broadcast_object(metrics)
-        artifacts = {"detections.json": all_results} if is_main_process() else {}
+        artifacts = {"detections.json": all_results, PR_CURVES_ARTIFACT: curves} if is_main_process() else {}
         return EvalResult(metrics, artifacts)
 
 
@@ -144,17 +151,22 @@ class ClassificationTask(Task):
 
     @torch.inference_mode()
     def evaluate(self, model: nn.Module, loader: Iterable, device: torch.device, dataset: Any) -> EvalResult:
-        """``{"top1", "top5"}`` over the loader."""
+        """``{"top1", "top5", "confusion_matrix"}`` over the loader (class names: ``dataset.classes``)."""
         from ..metrics.classification import TopKAccuracy
+        from ..metrics.confusion import ConfusionMatrix
 
         model.eval()
         metric = TopKAccuracy(ks=(1, 5))
+        # Without a class list the matrix takes the logits' width (ConfusionMatrix agrees on it across ranks).
+        confusion = ConfusionMatrix(class_names=getattr(dataset, "classes", None))
         for images, labels in loader:
-            logits = model(images.to(device, non_blocking=True))
-            metric.update(logits.float().cpu(), labels.cpu())
+            logits = model(images.to(device, non_blocking=True)).float().cpu()
+            metric.update(logits, labels.cpu())
+            confusion.update(logits.argmax(1), labels.cpu(), num_classes=logits.shape[1])
         if is_distributed():
             metric.all_reduce()
-        return EvalResult(dict(metric.compute()))
+            confusion.all_reduce()
+        return EvalResult({**metric.compute(), "confusion_matrix": confusion.to_dict()})
 
 
 class SegmentationTask(Task):

@@ -33,10 +33,9 @@ import json
 import os
 import pickle
 import uuid
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Collection, Mapping, Sequence
 
 import torch
 from safetensors import safe_open
@@ -52,8 +51,11 @@ __all__ = [
     "load_model",
     "read_model_meta",
     "LoadReport",
+    "PROBLEMS",
+    "apply_state",
     "load_state_into",
-    "load_backbone_weights",
+    "sniff_format",
+    "safe_torch_load",
     "save_training_state",
     "load_training_state",
     "CheckpointSet",
@@ -109,9 +111,40 @@ def save_model(
     atomic_save(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
+#: What to do with a file that is weights but not a bicsnet checkpoint (eval, predict, export need the description).
+_PLAIN_WEIGHTS_HINT = (
+    "eval, predict and export need a bicsnet model.safetensors, which describes its model; initialise a model "
+    "from these weights with bicsnet train --weights {path} or create_model(..., pretrained=...)"
+)
+
+
+def sniff_format(path: str | os.PathLike) -> str | None:
+    """``"safetensors"``, ``"torch"`` (a ``torch.save`` zip or legacy pickle) or ``None``, from the first bytes.
+
+    safetensors files start with an 8-byte little-endian header length and a
+    JSON object (the safetensors format); ``torch.save`` writes a zip archive
+    (``PK``) or, in the legacy format, a pickle (protocol byte ``0x80``).
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+            size = os.fstat(f.fileno()).st_size
+    except OSError:
+        return None
+    # safetensors first: its header length's low byte may be 0x80, a pickle's first byte.
+    if len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") <= size - 8:
+        return "safetensors"
+    if head[:4] == b"PK\x03\x04" or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
+        return "torch"
+    return None
+
+
 def _read_metadata(path: Path) -> dict[str, str]:
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
+    if sniff_format(path) == "torch":
+        raise CheckpointError(f"{path}: a PyTorch (torch.save) weights file, not a bicsnet checkpoint: "
+                              + _PLAIN_WEIGHTS_HINT.format(path=path))  # fmt: skip
     try:
         with safe_open(str(path), framework="pt") as f:
             return dict(f.metadata() or {})
@@ -123,7 +156,8 @@ def _parse_meta(path: Path, metadata: Mapping[str, str], require_meta: bool) -> 
     raw = metadata.get(META_KEY)
     if raw is None:
         if require_meta:
-            raise CheckpointError(f"{path}: safetensors file has no '{META_KEY}' metadata (not a bicsnet checkpoint)")
+            raise CheckpointError(f"{path}: safetensors file has no '{META_KEY}' metadata (not a bicsnet checkpoint): "
+                                  + _PLAIN_WEIGHTS_HINT.format(path=path))  # fmt: skip
         return {}
     try:
         meta = json.loads(raw)
@@ -161,27 +195,139 @@ def _read_checkpoint_info(path: Path) -> dict[str, Any] | None:
     return json.loads(raw) if raw else None
 
 
+#: BatchNorm's buffers: a file holding only these beyond the model has BatchNorm where the model has another norm.
+_BN_BUFFERS = (".running_mean", ".running_var", ".num_batches_tracked")
+_BN_HINT = (": BatchNorm statistics where the model normalises otherwise; e.g. the small-data recipe's GroupNorm "
+            "head (--set head_norm=bn or --recipe paper builds a BatchNorm head)")  # fmt: skip
+
+#: The ways a file can fail to fit a model, as :func:`apply_state` refuses them.
+PROBLEMS = frozenset({"missing", "unexpected", "mismatched"})
+
+
 @dataclass
 class LoadReport:
-    """Outcome of :func:`load_state_into` (names as in the model)."""
+    """What loading a state dict into a model did (names as in the model unless said otherwise).
+
+    Attributes:
+        loaded: model tensors copied from the file.
+        missing: model tensors the file does not hold (left as they were).
+        unexpected: file tensors with no place in the model (after renaming; not loaded).
+        mismatched: ``(name, shape in the file, shape in the model)`` of tensors skipped for their shape.
+        ignored: file tensors outside the part that was asked for (e.g. a detector's head
+            when only its backbone is loaded): never loaded, never an error.
+        total: model tensors the file could have filled (the M of "loaded N of M").
+        source: the file, for messages.
+        renamed: how file names became model names, e.g. ``"'module.' -> ''"``; empty when they did not change.
+        entry: the entry of the file holding the state dict (e.g. ``"state_dict"``); empty when the file is one.
+    """
 
     loaded: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
+    mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+    total: int = 0
+    source: str = "checkpoint"
+    renamed: str = ""
+    entry: str = ""
+
+    def problems(self, kinds: Collection[str] = PROBLEMS) -> list[str]:
+        """The ``kinds`` (of :data:`PROBLEMS`) present, each as ``"N <kind> (first names)"``."""
+        name = Path(self.source).name
+        shapes = [f"{k}: {fs} in {name} vs {ms} in model" for k, fs, ms in self.mismatched]
+        found = [
+            ("mismatched", shapes, f"{len(shapes)} tensor shape mismatch(es): {_first(shapes, 3)}"),
+            ("missing", self.missing, f"{len(self.missing)} missing from the file ({_first(self.missing)})"),
+            ("unexpected", self.unexpected, f"{len(self.unexpected)} unexpected, not in the model ({_first(self.unexpected)})"
+             + (_BN_HINT if self.unexpected and all(k.endswith(_BN_BUFFERS) for k in self.unexpected) else "")),
+        ]  # fmt: skip
+        return [text for kind, names, text in found if names and kind in kinds]
 
     def summary(self) -> str:
-        """One line: counts, and the first few missing / unexpected names."""
-        parts = [f"loaded {len(self.loaded)} tensors"]
-        if self.missing:
-            parts.append(f"{len(self.missing)} missing ({_first(self.missing)})")
-        if self.unexpected:
-            parts.append(f"{len(self.unexpected)} unexpected ({_first(self.unexpected)})")
-        return ", ".join(parts)
+        """One line: ``loaded N of M tensors``, the renaming, then what did not fit (first names and counts)."""
+        head = f"loaded {len(self.loaded)} of {self.total} tensors"
+        how = [f"from entry '{self.entry}'"] if self.entry else []
+        if self.renamed:
+            how.append(f"names {self.renamed}")
+        if how:
+            head += f" ({', '.join(how)})"
+        tail = self.problems()
+        if self.ignored:
+            tail.append(f"{len(self.ignored)} other file tensors ignored ({_first(self.ignored, 3)})")
+        return "; ".join([head, *tail])
 
 
 def _first(names: list[str], n: int = 5) -> str:
     shown = ", ".join(names[:n])
     return shown + (f", ... (+{len(names) - n} more)" if len(names) > n else "")
+
+
+def apply_state(
+    model: nn.Module,
+    tensors: Mapping[str, torch.Tensor],
+    *,
+    source: str,
+    refuse: Collection[str] = PROBLEMS,
+    within: str = "",
+    unexpected: Sequence[str] = (),
+    ignored: Sequence[str] = (),
+    renamed: str = "",
+    entry: str = "",
+) -> LoadReport:
+    """Copy ``tensors`` (already named as in ``model``) into ``model``; tensors of another shape are skipped.
+
+    Args:
+        model: destination (DDP wrappers are unwrapped).
+        tensors: source tensors by model name.
+        source: the file, for messages.
+        refuse: which of :data:`PROBLEMS` (``missing``, ``unexpected``, ``mismatched``)
+            raise instead of being reported; all of them is ``strict``.
+        within: only model tensors under this name prefix count as missing
+            (``"backbone."`` when loading a backbone alone).
+        unexpected: further file names with no place in the model (reported as unexpected).
+        ignored, renamed, entry: recorded in the report (see :class:`LoadReport`).
+
+    Returns:
+        The :class:`LoadReport`; nothing is copied when it raises.
+
+    Raises:
+        CheckpointError: naming ``source`` and the first few tensors (and how many)
+            when a problem in ``refuse`` occurs, or when no tensor but scalars fits
+            (a file of another model), whatever ``refuse`` says.
+    """
+    from .distributed import unwrap_model  # local: distributed imports nothing from here
+
+    model = unwrap_model(model)
+    own = model.state_dict()
+    candidates = [k for k in own if k.startswith(within)]
+    mismatched = sorted(
+        (k, tuple(v.shape), tuple(own[k].shape)) for k, v in tensors.items() if k in own and tuple(v.shape) != tuple(own[k].shape)
+    )
+    skipped = {k for k, _, _ in mismatched}
+    report = LoadReport(
+        loaded=sorted(k for k in tensors if k in own and k not in skipped),
+        missing=sorted(set(candidates) - tensors.keys()),
+        unexpected=sorted([k for k in tensors if k not in own] + list(unexpected)),
+        mismatched=mismatched,
+        ignored=sorted(ignored),
+        total=len(candidates),
+        source=source,
+        renamed=renamed,
+        entry=entry,
+    )
+    # Scalars (BatchNorm's step counters) fit any scalar, so loading only them is loading nothing.
+    if candidates and not any(tensors[k].dim() for k in report.loaded):
+        file_names = sorted([*tensors, *unexpected])
+        shapes = "; " + "; ".join(report.problems({"mismatched"})) if mismatched else ""
+        raise CheckpointError(
+            f"{source}: no tensor of the file fits the model (a file of another model?): the file has "
+            f"{len(file_names)} ({_first(file_names, 3)}), the model {len(candidates)} ({_first(candidates, 3)}){shapes}"
+        )
+    problems = report.problems(refuse)
+    if problems:
+        raise CheckpointError(f"{source}: " + "; ".join(problems))
+    model.load_state_dict({k: tensors[k] for k in report.loaded}, strict=False)
+    return report
 
 
 def load_state_into(
@@ -192,27 +338,29 @@ def load_state_into(
     target_prefix: str | None = None,
     source: str = "checkpoint",
 ) -> LoadReport:
-    """Copy ``state_dict`` into ``model``, refusing any shape mismatch by name.
+    """Copy ``state_dict`` into ``model`` by name: a bicsnet checkpoint into its own model.
 
     Args:
         model: destination (DDP wrappers are unwrapped).
         state_dict: source tensors, e.g. from :func:`load_model`.
-        strict: also refuse missing or unexpected keys.
+        strict: refuse any missing, unexpected or shape-mismatched tensor;
+            otherwise they are skipped and reported.
         prefix_filter: keep only source keys starting with this prefix (e.g.
-            ``"backbone."`` to take the backbone of a checkpoint of any task);
-            only model keys under ``target_prefix`` then count as missing.
+            ``"backbone."``); only model keys under ``target_prefix`` then count as missing.
         target_prefix: replacement for ``prefix_filter`` in the model's names
             (defaults to ``prefix_filter``; ``""`` loads into ``model.backbone``
             itself).
         source: name of the file, for error messages.
 
     Returns:
-        A :class:`LoadReport`.  Raises :class:`CheckpointError` on shape
-        mismatches, or (``strict``) on missing / unexpected keys.
-    """
-    from .distributed import unwrap_model
+        A :class:`LoadReport`.
 
-    model = unwrap_model(model)
+    Raises:
+        CheckpointError: (``strict``) a missing, unexpected or mismatched tensor;
+            no tensor fits at all; nothing under ``prefix_filter``.
+
+    Weights of other origins (``.pth`` files, wrapper prefixes): :func:`bicsnet.weights.load_weights`.
+    """
     if prefix_filter:
         dst = prefix_filter if target_prefix is None else target_prefix
         mapped = {dst + k[len(prefix_filter) :]: v for k, v in state_dict.items() if k.startswith(prefix_filter)}
@@ -221,35 +369,8 @@ def load_state_into(
     else:
         dst = ""
         mapped = dict(state_dict)
-    own = model.state_dict()
-    candidates = {k for k in own if k.startswith(dst)}
-
-    mismatched = [
-        f"{k}: {tuple(v.shape)} in {source} vs {tuple(own[k].shape)} in model"
-        for k, v in mapped.items()
-        if k in own and tuple(v.shape) != tuple(own[k].shape)
-    ]
-    if mismatched:
-        raise CheckpointError(f"{source}: {len(mismatched)} tensor shape mismatch(es): {_first(mismatched, 3)}")
-    report = LoadReport(
-        loaded=sorted(k for k in mapped if k in own),
-        missing=sorted(candidates - mapped.keys()),
-        unexpected=sorted(k for k in mapped if k not in own),
-    )
-    if strict and (report.missing or report.unexpected):
-        raise CheckpointError(f"{source}: does not fit the model: {report.summary()}")
-    model.load_state_dict({k: mapped[k] for k in report.loaded}, strict=False)
-    return report
-
-
-def load_backbone_weights(model: nn.Module, path: str | os.PathLike, prefix: str = "backbone.") -> LoadReport:
-    """``--backbone-weights``: copy the ``backbone.*`` tensors of a bicsnet checkpoint of any task.
-
-    Every backbone tensor of ``model`` must be present with the same shape;
-    heads are left as they are.
-    """
-    state, _ = load_model(path)
-    return load_state_into(model, state, strict=True, prefix_filter=prefix, source=str(path))
+    renamed = f"'{prefix_filter}' -> '{dst}'" if prefix_filter and dst != prefix_filter else ""
+    return apply_state(model, mapped, source=source, refuse=PROBLEMS if strict else (), within=dst, renamed=renamed)
 
 
 _PLAIN = (bool, int, float, str, type(None), torch.Tensor, torch.dtype, torch.device)
@@ -278,6 +399,42 @@ def save_training_state(path: str | os.PathLike, state: Mapping[str, Any]) -> No
     atomic_save(path, lambda tmp: torch.save(dict(state), tmp))
 
 
+def safe_torch_load(path: str | os.PathLike, *, what: str = "training state", refused_hint: str = "not a bicsnet training state",
+                    mmap: bool = False) -> Any:  # fmt: skip
+    """``torch.load(path, map_location="cpu", weights_only=True)``: tensors and plain data only, never pickled code.
+
+    Args:
+        path: a ``torch.save`` file.
+        what: what the file should be, for messages (``"training state"``, ``"weights file"``).
+        refused_hint: said when the file holds other Python objects.
+        mmap: memory-map the tensors (zip format only).
+
+    Raises:
+        CheckpointError: naming the file, if it is missing, truncated or
+            corrupt, or holds Python objects ``weights_only`` refuses.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: {what}{'' if what.endswith('file') else ' file'} not found")
+    try:
+        if mmap:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        with open(path, "rb") as f:  # a file object: torch.load reads a path named *.safetensors as safetensors
+            return torch.load(f, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights only" in str(exc).lower() or "weights_only" in str(exc).lower():
+            raise CheckpointError(
+                f"{path}: refused: it contains Python objects other than tensors and plain data "
+                f"(unsafe to unpickle; {refused_hint})"
+            ) from None
+        raise CheckpointError(f"{path}: corrupt {what}: {str(exc).splitlines()[0]}") from None
+    except Exception as exc:  # unpickling damaged bytes can raise almost any exception type
+        first = str(exc).splitlines()[0].split(". ")[0] if str(exc) else ""
+        if len(first) < 20:  # e.g. a bare KeyError's key: the type says more
+            first = f"{type(exc).__name__} {first}".strip()
+        raise CheckpointError(f"{path}: unreadable {what} (truncated or corrupt?): {first}") from None
+
+
 def load_training_state(path: str | os.PathLike, mmap: bool = False) -> dict[str, Any]:
     """Load a training state on CPU with ``weights_only=True`` (never runs pickled code).
 
@@ -285,20 +442,7 @@ def load_training_state(path: str | os.PathLike, mmap: bool = False) -> dict[str
     truncated, or holds anything but tensors and plain data.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: training state file not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as exc:
-        if "weights only" in str(exc).lower() or "weights_only" in str(exc).lower():
-            raise CheckpointError(
-                f"{path}: refused: it contains Python objects other than tensors and plain data "
-                "(unsafe to unpickle; not a bicsnet training state)"
-            ) from None
-        raise CheckpointError(f"{path}: corrupt training state: {str(exc).splitlines()[0]}") from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
-        first = str(exc).splitlines()[0].split(". ")[0] if str(exc) else type(exc).__name__
-        raise CheckpointError(f"{path}: unreadable training state (truncated or corrupt?): {first}") from None
+    state = safe_torch_load(path, mmap=mmap)
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: training state is a {type(state).__name__}, expected a dict")
     return state

@@ -30,6 +30,9 @@ from ..errors import ConfigError
 from .seeding import sample_seed
 
 __all__ = [
+    "DEVICE_CHOICES",
+    "parse_device",
+    "resolve_device",
     "init_distributed",
     "shutdown_distributed",
     "is_distributed",
@@ -48,42 +51,108 @@ __all__ = [
 ]
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    """Turn ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:K"`` into a device, checking availability."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+#: What ``--device`` / ``train.device`` accepts, for messages and help texts.
+DEVICE_CHOICES = "auto, cpu, cuda, cuda:N or mps"
+
+
+def _launched_world_size() -> int:
+    """Processes ``torchrun`` launched (``WORLD_SIZE``; 1 without torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def parse_device(text: str, option: str = "--device") -> torch.device | None:
+    """Check the spelling of a device without touching the hardware; ``None`` for ``"auto"``.
+
+    Accepts ``auto``, ``cpu``, ``cuda``, ``cuda:N`` and ``mps`` (PyTorch's
+    device strings, :class:`torch.device`).
+
+    Raises:
+        ConfigError: anything else, naming ``option``.
+    """
+    if text == "auto":
+        return None
     try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise ConfigError(f"device: cannot parse {device!r} (use auto, cpu, cuda or cuda:K)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device: {device!r} requested but CUDA is not available")
-    if dev.type not in ("cpu", "cuda"):
-        raise ConfigError(f"device: unsupported device type {dev.type!r} (use auto, cpu, cuda or cuda:K)")
+        dev = torch.device(text)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"{option} {text!r}: not a device (use {DEVICE_CHOICES})") from None
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"{option} {text!r}: unsupported device type {dev.type!r} (use {DEVICE_CHOICES})")
+    if dev.type == "mps" and dev.index not in (None, 0):
+        raise ConfigError(f"{option} {text!r}: there is one MPS device, 'mps'")
     return dev
 
 
-def init_distributed(device: str = "auto") -> torch.device:
+def resolve_device(device: str = "auto", option: str = "--device") -> torch.device:
+    """The torch device of ``--device`` (``auto|cpu|cuda|cuda:N|mps``), checked against this machine.
+
+    ``auto`` takes CUDA if available, else Apple's MPS
+    (``torch.backends.mps.is_available()``), else the CPU.  Under ``torchrun``
+    (``WORLD_SIZE`` > 1) each process drives the GPU of its ``LOCAL_RANK``:
+    ``cuda`` (and ``auto`` on a CUDA machine) becomes ``cuda:LOCAL_RANK``, and
+    ``cuda:N`` is accepted only when ``N`` is that rank (any other ``N`` would
+    put several processes on one GPU; choose GPUs with ``CUDA_VISIBLE_DEVICES``).
+    MPS has no process-group backend, so it is refused under ``torchrun``.
+
+    Raises:
+        ConfigError: a malformed or unsupported device, or one this machine
+            does not have (naming ``option``).
+    """
+    text = str(device)
+    dev = parse_device(text, option)
+    if dev is None:  # auto
+        if torch.cuda.is_available():
+            dev = torch.device("cuda")
+        elif torch.backends.mps.is_available():
+            dev = torch.device("mps")
+        else:
+            dev = torch.device("cpu")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"{option} {text!r}: CUDA is not available (no GPU visible, or a CPU-only PyTorch build); use auto or cpu"
+            )
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise ConfigError(f"{option} {text!r}: only {count} CUDA device(s) visible (cuda:0..cuda:{count - 1})")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(
+            f"{option} {text!r}: MPS is not available (it needs an Apple-silicon Mac and a PyTorch built with MPS); "
+            "use auto, cpu or cuda"
+        )
+    if _launched_world_size() > 1:
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if dev.type == "mps":
+            raise ConfigError(f"{option} {text!r}: torchrun needs cpu or cuda (there is no process-group backend for MPS)")
+        if dev.type == "cuda":
+            if dev.index is not None and dev.index != local_rank:
+                raise ConfigError(
+                    f"{option} {text!r}: under torchrun each process uses the GPU of its LOCAL_RANK ({local_rank} here); "
+                    "pass --device cuda and choose the GPUs with CUDA_VISIBLE_DEVICES"
+                )
+            if local_rank >= torch.cuda.device_count():
+                raise ConfigError(
+                    f"{option} {text!r}: LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} CUDA device(s) visible"
+                )
+            dev = torch.device("cuda", local_rank)
+    return dev
+
+
+def init_distributed(device: str = "auto", option: str = "--device") -> torch.device:
     """Join the ``torchrun`` process group if there is one; return this process's device.
 
-    Under ``torchrun`` a CUDA device is always ``cuda:LOCAL_RANK``; the backend
-    is NCCL for CUDA and Gloo for CPU.  Without ``torchrun`` (``WORLD_SIZE``
-    unset or 1) no process group is created.
+    The device is :func:`resolve_device`'s (under ``torchrun`` a CUDA device is
+    always ``cuda:LOCAL_RANK``); the backend is NCCL for CUDA and Gloo for CPU.
+    Without ``torchrun`` (``WORLD_SIZE`` unset or 1) no process group is created.
+
+    Raises:
+        ConfigError: see :func:`resolve_device`.
     """
-    dev = resolve_device(device)
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        if dev.type == "cuda":
-            torch.cuda.set_device(dev)
-        return dev
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = resolve_device(device, option)
+    world_size = _launched_world_size()
     if dev.type == "cuda":
-        if local_rank >= torch.cuda.device_count():
-            raise ConfigError(
-                f"device: LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} CUDA device(s) visible"
-            )
-        dev = torch.device("cuda", local_rank)
         torch.cuda.set_device(dev)
+    if world_size <= 1:
+        return dev
     if not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
         store = _elastic_attempt_store(world_size)

@@ -167,8 +167,10 @@ class PeriodicEval(HookBase):
     very step, as after an early stop).  Each evaluation sets
     ``trainer.eval_result`` / ``trainer.eval_step`` for the hooks after this
     one and writes a record to ``OUT/eval_log.jsonl``, TensorBoard scalars under
-    ``val/`` and a console line; the final one also writes ``OUT/metrics.json``
-    and the artifacts (e.g. ``detections.json``).
+    ``val/`` and a console line; the final one also writes ``OUT/metrics.json``,
+    the artifacts (e.g. ``detections.json``) and the pictures
+    (:func:`bicsnet.metrics.write_eval_plots`: PR curves or confusion matrix),
+    and prints the per-class AP table of detectors.
     """
 
     def __init__(self, every_epochs: int) -> None:
@@ -181,6 +183,7 @@ class PeriodicEval(HookBase):
             self._evaluate(trainer)
 
     def after_train(self, trainer: Trainer) -> None:
+        from ..metrics.report import format_per_class_table, write_eval_plots
         from .trainer import write_eval_outputs  # the trainer module imports this one
 
         if trainer.val_dataset is None:
@@ -188,7 +191,12 @@ class PeriodicEval(HookBase):
         if trainer.eval_step != trainer.step:
             self._evaluate(trainer)
         if trainer.is_main:
-            write_eval_outputs(trainer.out_dir, trainer.eval_result)  # type: ignore[arg-type]
+            result = trainer.eval_result
+            write_eval_outputs(trainer.out_dir, result)  # type: ignore[arg-type]
+            write_eval_plots(trainer.out_dir, result.metrics, result.artifacts)  # type: ignore[union-attr]
+            table = format_per_class_table(result.metrics)  # type: ignore[union-attr]
+            if table:
+                trainer.log(table)
 
     def _evaluate(self, trainer: Trainer) -> None:
         if trainer.val_dataset is None:
@@ -198,7 +206,9 @@ class PeriodicEval(HookBase):
         if not trainer.is_main:
             return
         epoch = trainer.step / trainer.steps_per_epoch if trainer.steps_per_epoch else 0.0
-        trainer.eval_log.append({"step": trainer.step, "epoch": round(epoch, 4), "metrics": result.metrics})
+        # The confusion matrix (K x K counts) stays in metrics.json: per evaluation it would swell the log.
+        logged = {k: v for k, v in result.metrics.items() if k != "confusion_matrix"}
+        trainer.eval_log.append({"step": trainer.step, "epoch": round(epoch, 4), "metrics": logged})
         flat = flatten_metrics(result.metrics)
         trainer.tb.scalars(flat, trainer.step, prefix="val/")
         summary = " ".join(f"{k} {v:.4f}" for k, v in flat.items() if "per_class" not in k)

@@ -12,9 +12,9 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
-from ..io import atomic_write_text
+from ..io import append_text, atomic_write_text
 
 __all__ = ["CsvLog", "JsonlLog", "TensorBoardLog", "flatten_metrics"]
 
@@ -63,13 +63,15 @@ class CsvLog:
         if new_file:
             self.columns = list(row)
         values = [_fmt(row.get(c, "")) for c in self.columns]  # type: ignore[union-attr]
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "w" if new_file else "a", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f, lineterminator="\n")
-            if new_file:
-                writer.writerow(self.columns)
-            writer.writerow(values)
-            f.flush()
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        if new_file:
+            writer.writerow(self.columns)
+        writer.writerow(values)
+        if new_file:  # header and first row replace whatever was there
+            atomic_write_text(self.path, buf.getvalue())
+        else:
+            append_text(self.path, buf.getvalue())
 
 
 def _fmt(value: Any) -> Any:
@@ -103,25 +105,45 @@ class JsonlLog:
 
     def append(self, record: Mapping[str, Any]) -> None:
         """Append one record and flush."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(dict(record)) + "\n")
-            f.flush()
+        append_text(self.path, json.dumps(dict(record)) + "\n")
+
+
+def _summary_writer() -> Callable[..., Any]:
+    """``torch.utils.tensorboard.SummaryWriter``; ImportError when the ``tensorboard`` package is missing."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter
 
 
 class TensorBoardLog:
-    """Scalars to TensorBoard when the ``tensorboard`` package is installed; otherwise a no-op."""
+    """Scalars to TensorBoard when the ``tensorboard`` package is installed; otherwise a no-op.
 
-    def __init__(self, log_dir: str | os.PathLike, enabled: bool = True, purge_step: int | None = None) -> None:
+    Args:
+        log_dir: the event files' folder (``RUN/tb``).
+        enabled: ``False``: no writer, no message (evaluation-only runs, ranks other than 0).
+        purge_step: drop events after this step (a resumed run, like :meth:`CsvLog.truncate_after`).
+        writer_factory: builds the writer as ``writer_factory(log_dir, purge_step=...)``; default
+            :class:`torch.utils.tensorboard.SummaryWriter`, imported here (it raises ImportError
+            without ``tensorboard``). Tests pass their own.
+
+    :attr:`status` is the one line a run prints about it (``None`` when disabled).
+    """
+
+    def __init__(
+        self, log_dir: str | os.PathLike, enabled: bool = True, purge_step: int | None = None,
+        writer_factory: Callable[..., Any] | None = None,
+    ) -> None:  # fmt: skip
         self.writer = None
+        self.status: str | None = None
         if not enabled:
             return
         try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:  # optional dependency
+            factory = writer_factory or _summary_writer()
+        except ImportError:  # optional dependency (extra "tensorboard")
+            self.status = "TensorBoard: not installed (pip install tensorboard); logging to log.csv only"
             return
-        # purge_step drops events after a resumed step, like CsvLog.truncate_after.
-        self.writer = SummaryWriter(str(log_dir), purge_step=purge_step)
+        self.writer = factory(str(log_dir), purge_step=purge_step)
+        self.status = f"TensorBoard: logging to {log_dir}"
 
     def scalars(self, values: Mapping[str, float], step: int, prefix: str = "train/") -> None:
         """Log numeric values under ``prefix``."""

@@ -15,10 +15,23 @@ parameters (every 1-D parameter) get none.  The learning rate follows
 :mod:`bicsnet.engine.schedule`, stepped per iteration.
 
 Learning rate and batch size: ``lr`` is the rate for the *global* batch
-``batch_size x world_size``.  By the linear scaling rule (Goyal et al., 2017)
-the rate should grow in proportion to the global batch: set
+``batch_size x accumulate x world_size``.  By the linear scaling rule (Goyal et
+al., 2017) the rate should grow in proportion to the global batch: set
 ``lr_reference_batch`` to the global batch ``lr`` was tuned for and the
 trainer uses ``lr x global_batch / lr_reference_batch``.
+
+Gradient accumulation (``accumulate`` N): a step runs N batches forward and
+backward, each loss divided by N (under DDP the gradients are all-reduced only
+in the last backward, the others in ``no_sync()``), then unscales (fp16),
+clips, and steps the optimiser once.  Everything counted in steps (the LR
+schedule, warm-up, ``max_steps``, logging, checkpoints, ``StepResult``) counts
+optimiser steps.  An epoch has ``samples_per_process // batch_size // N`` steps:
+the last batches that do not make a whole group are left out, so every step
+takes exactly the samples one batch of ``batch_size x N`` would.
+
+Mixed precision (``amp``): see :func:`resolve_amp`.  bf16 autocasts the
+forward pass and the losses; fp16 also scales the loss with
+:class:`torch.amp.GradScaler`, whose state goes into every checkpoint.
 
 Reproducibility and resume: see :mod:`bicsnet.engine.seeding`.  A resumed run
 continues from the newest complete checkpoint in ``OUT/checkpoints`` with the
@@ -39,6 +52,7 @@ evaluation, checkpoints, early stopping and best-model tracking are hooks
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -51,6 +65,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
@@ -60,6 +75,7 @@ from ..io import atomic_write_json
 from .checkpoint import RunCheckpointer, load_model, load_state_into, load_training_state
 from .distributed import (
     ResumableDistributedSampler,
+    parse_device,
     all_gather_objects,
     barrier,
     broadcast_object,
@@ -100,12 +116,14 @@ __all__ = [
 ]  # fmt: skip
 
 NAN_POLICIES = ("stop", "skip")
-AMP_DTYPES = ("bfloat16", "float16")
+#: ``TrainConfig.amp``: off, auto (see :func:`resolve_amp`), bf16 (autocast) or fp16 (autocast + GradScaler).
+AMP_MODES = ("off", "auto", "bf16", "fp16")
+_AMP_TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # Options whose change on resume alters the trajectory (others are operational).
 _TRAJECTORY_KEYS = (
-    "epochs", "batch_size", "lr", "lr_reference_batch", "momentum", "weight_decay", "warmup_epochs",
+    "epochs", "batch_size", "accumulate", "lr", "lr_reference_batch", "momentum", "weight_decay", "warmup_epochs",
     "warmup_steps", "warmup_max_fraction", "schedule", "step_milestones", "step_gamma", "min_lr_ratio", "grad_clip", "amp",
-    "amp_dtype", "ema_decay", "seed", "max_steps", "label_smoothing", "early_stopping_metric",
+    "ema_decay", "seed", "max_steps", "label_smoothing", "early_stopping_metric",
     "early_stopping_patience", "early_stopping_min_delta",
 )  # fmt: skip
 
@@ -116,10 +134,14 @@ class TrainConfig:
 
     Attributes:
         epochs: passes over the training set.
-        batch_size: images per process per step.
+        batch_size: images per process per forward pass (a micro-batch when ``accumulate`` > 1).
+        accumulate: gradient accumulation: the optimiser steps once every
+            ``accumulate`` batches, so a step sees ``batch_size * accumulate *
+            world_size`` images (the *global batch*).  Steps, not batches, are
+            what ``max_steps``, warm-up, the schedule, logging and checkpoints count.
         lr: base learning rate for the global batch (see ``lr_reference_batch``).
         lr_reference_batch: if set, the rate actually used is
-            ``lr * batch_size * world_size / lr_reference_batch`` (linear scaling rule).
+            ``lr * batch_size * accumulate * world_size / lr_reference_batch`` (linear scaling rule).
         momentum: SGD momentum.
         weight_decay: L2 penalty on conv/linear weights (not on biases or norms).
         warmup_epochs: linear warm-up length in epochs (may be fractional).
@@ -132,8 +154,12 @@ class TrainConfig:
         step_gamma: decay factor of the step schedule.
         min_lr_ratio: final learning-rate fraction of the cosine schedule.
         grad_clip: max global gradient norm, or ``None`` for no clipping.
-        amp: mixed precision (CUDA only; ignored on CPU).
-        amp_dtype: ``"bfloat16"`` or ``"float16"`` (float16 uses a GradScaler).
+        amp: mixed precision: ``"off"``, ``"bf16"`` (autocast to bfloat16),
+            ``"fp16"`` (autocast to float16 with a gradient scaler) or ``"auto"``
+            (:func:`resolve_amp`: bf16 on the CPU and on GPUs with native
+            bfloat16, else fp16).  ``True`` / ``False`` (and an old
+            configuration's ``amp_dtype: float16``) are read as ``"auto"`` /
+            ``"off"`` (``"fp16"``); see :meth:`upgrade_legacy`.
         ema_decay: EMA decay of the weights (e.g. 0.9998) or ``None`` for no EMA.
         log_every: steps between log rows / console lines.
         ckpt_every_steps: steps between checkpoints (0: only at epoch ends).
@@ -143,7 +169,8 @@ class TrainConfig:
         nan_policy: on a non-finite loss, ``"stop"`` (raise, keeping the last
             checkpoint) or ``"skip"`` (drop the step and count it).
         num_workers: data-loading worker processes per training process.
-        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:K"``.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:K"`` or ``"mps"``
+            (:func:`~bicsnet.engine.distributed.resolve_device`).
         out_dir: run directory.
         max_steps: hard cap on the number of steps (the schedule then spans it).
         label_smoothing: classification label smoothing.
@@ -161,6 +188,7 @@ class TrainConfig:
 
     epochs: int = 350
     batch_size: int = 8
+    accumulate: int = 1
     lr: float = 0.08
     lr_reference_batch: int | None = None
     momentum: float = 0.9
@@ -173,8 +201,7 @@ class TrainConfig:
     step_gamma: float = 0.1
     min_lr_ratio: float = 0.0
     grad_clip: float | None = None
-    amp: bool = False
-    amp_dtype: str = "bfloat16"
+    amp: str = "off"
     ema_decay: float | None = None
     log_every: int = 20
     ckpt_every_steps: int = 500
@@ -196,10 +223,14 @@ class TrainConfig:
     metric_mode: str = "max"
 
     def __post_init__(self) -> None:
+        if isinstance(self.amp, bool) or self.amp is None:  # the boolean of earlier versions
+            self.amp = "auto" if self.amp else "off"
         self._check_types()
+        parse_device(self.device, option="training option device (--device)")
         checks = [
             ("epochs", self.epochs >= 1, "must be >= 1"),
             ("batch_size", self.batch_size >= 1, "must be >= 1"),
+            ("accumulate", self.accumulate >= 1, "must be >= 1"),
             ("lr", self.lr > 0, "must be > 0"),
             ("lr_reference_batch", self.lr_reference_batch is None or self.lr_reference_batch >= 1, "must be >= 1"),
             ("momentum", 0 <= self.momentum < 1, "must be in [0, 1)"),
@@ -217,7 +248,7 @@ class TrainConfig:
             ("step_gamma", self.step_gamma > 0, "must be > 0"),
             ("min_lr_ratio", 0 <= self.min_lr_ratio <= 1, "must be in [0, 1]"),
             ("grad_clip", self.grad_clip is None or self.grad_clip > 0, "must be > 0 (or None)"),
-            ("amp_dtype", self.amp_dtype in AMP_DTYPES, f"must be one of {', '.join(AMP_DTYPES)}"),
+            ("amp", self.amp in AMP_MODES, f"must be one of {', '.join(AMP_MODES)}"),
             ("ema_decay", self.ema_decay is None or 0 < self.ema_decay < 1, "must be in (0, 1) (or None)"),
             ("log_every", self.log_every >= 1, "must be >= 1"),
             ("ckpt_every_steps", self.ckpt_every_steps >= 0, "must be >= 0"),
@@ -273,14 +304,72 @@ class TrainConfig:
         out["step_milestones"] = list(self.step_milestones)
         return out
 
+    @staticmethod
+    def upgrade_legacy(data: Mapping[str, Any]) -> dict[str, Any]:
+        """Training options written by earlier versions, in today's terms (a new dict).
+
+        Before ``amp`` took a precision it was a boolean plus ``amp_dtype``
+        (``"bfloat16"`` by default, which every resolved ``config.yaml`` spelled
+        out): ``amp: true`` becomes ``"auto"`` (``"fp16"`` with
+        ``amp_dtype: float16``), ``amp: false`` ``"off"``; ``amp_dtype`` goes.
+        """
+        values = dict(data)
+        dtype = values.pop("amp_dtype", None)
+        amp = values.get("amp")
+        if isinstance(amp, bool):
+            values["amp"] = ("fp16" if dtype == "float16" else "auto") if amp else "off"
+        return values
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
-        """Inverse of :meth:`to_dict`; unknown keys raise :class:`ConfigError`."""
+        """Inverse of :meth:`to_dict` (earlier versions' keys read by :meth:`upgrade_legacy`).
+
+        Raises:
+            ConfigError: an unknown key or a bad value, naming it.
+        """
+        data = cls.upgrade_legacy(data)
         reject_unknown_fields(cls, data, "training option")
         values = dict(data)
         if "step_milestones" in values:
             values["step_milestones"] = tuple(values["step_milestones"])
         return cls(**values)
+
+
+def resolve_amp(amp: str, device: torch.device) -> str:
+    """The precision ``amp`` means on ``device``: ``"off"``, ``"bf16"`` or ``"fp16"``.
+
+    ``auto`` (what a bare ``--amp`` and an old ``amp: true`` mean) is bf16 on
+    the CPU (PyTorch autocasts convolutions and matrix products to bfloat16
+    there) and on GPUs with native bfloat16 (compute capability 8.0 and up:
+    A100, H100, RTX 30xx and later), and fp16 on GPUs without it (T4, V100:
+    ``torch.cuda.is_bf16_supported(including_emulation=False)`` is false),
+    where bfloat16 would be emulated and slow.  bf16 needs no gradient scaler
+    (its exponent range is float32's); fp16 runs with one.  fp16 on the CPU is
+    allowed (the trainer warns: it is usually slower than float32 there).
+
+    Raises:
+        ConfigError: mixed precision on MPS (not supported by this trainer), or
+            ``bf16`` on a GPU that cannot run bfloat16 at all.
+    """
+    if amp not in AMP_MODES:
+        raise ConfigError(f"--amp {amp!r}: must be one of {', '.join(AMP_MODES)}")
+    if amp == "off":
+        return amp
+    if device.type == "mps":
+        raise ConfigError(
+            f"--amp {amp}: mixed precision on mps is not supported here; train in float32 (no --amp) or on cuda"
+        )
+    if device.type != "cuda":
+        return "bf16" if amp == "auto" else amp
+    if amp == "auto":
+        try:
+            native = torch.cuda.is_bf16_supported(including_emulation=False)
+        except TypeError:  # older torch: no emulation argument, and it means native support
+            native = torch.cuda.is_bf16_supported()
+        return "bf16" if native else "fp16"
+    if amp == "bf16" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"--amp bf16: this GPU ({device}) cannot run bfloat16; use --amp fp16")
+    return amp
 
 
 def _is_number(value: Any) -> bool:
@@ -359,13 +448,14 @@ class Trainer:
         resume: bool | str = False,
         hooks: Sequence[HookBase] = (),
     ) -> None:
-        self.config = config
         self.meta = dict(meta or {})
         try:  # fail now rather than at the first checkpoint, hours later
             json.dumps(self.meta)
         except (TypeError, ValueError) as exc:
             raise TypeError(f"Trainer meta must be JSON-serialisable plain data: {exc}") from None
-        self.device = init_distributed(config.device)
+        self.device = init_distributed(config.device, option="--device (train.device)")
+        # The precision actually used, recorded as such in config.json and the checkpoints.
+        self.config = config = dataclasses.replace(config, amp=resolve_amp(config.amp, self.device))
         self.rank, self.world_size = get_rank(), get_world_size()
         self.is_main = self.rank == 0
         self.out_dir = Path(config.out_dir)
@@ -379,15 +469,18 @@ class Trainer:
 
         self.ddp_model = wrap_ddp(model.to(self.device), self.device, config.find_unused_parameters)
         self.model = unwrap_model(self.ddp_model)
-        global_batch = config.batch_size * self.world_size
+        global_batch = config.batch_size * config.accumulate * self.world_size
         self.lr = config.lr * (global_batch / config.lr_reference_batch if config.lr_reference_batch else 1.0)
         self.optimizer = torch.optim.SGD(
             parameter_groups(self.model, config.weight_decay), lr=self.lr, momentum=config.momentum
         )
 
-        self.use_amp = config.amp and self.device.type == "cuda"
-        self.amp_dtype = torch.bfloat16 if config.amp_dtype == "bfloat16" else torch.float16
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
+        self.use_amp = config.amp != "off"
+        self.amp_dtype = _AMP_TORCH_DTYPES.get(config.amp, torch.float32)
+        # fp16's narrow exponent range needs loss scaling; bf16 has float32's range and needs none.
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp == "fp16")
+        if config.amp == "fp16" and self.device.type == "cpu":
+            self.log("warning: --amp fp16 on the CPU: float16 is usually slower than float32 there; --amp bf16 is the CPU's")
         self.ema = ModelEma(self.model, config.ema_decay) if config.ema_decay else None
 
         self.step = 0
@@ -446,15 +539,21 @@ class Trainer:
             self.out_dir / "tb", enabled=config.tensorboard and self.is_main and train_dataset is not None,
             purge_step=self.step + 1 if resume else None,
         )  # fmt: skip
+        if self.tb.status:  # set on the main process of a training run only
+            self.log(self.tb.status)
 
     # ------------------------------------------------------------------ setup
     def _build_training(self, dataset: Dataset) -> None:
         cfg = self.config
         self.train_sampler = ResumableDistributedSampler(len(dataset), shuffle=True, seed=cfg.seed)  # type: ignore[arg-type]
-        self.steps_per_epoch = self.train_sampler.num_samples // cfg.batch_size
+        # An epoch is as many whole steps as fit: the batches of a last, incomplete
+        # accumulation group are left out, as drop_last leaves out a last, short batch.
+        # Either way a step takes the same images as one batch of batch_size x accumulate.
+        self.steps_per_epoch = self.train_sampler.num_samples // cfg.batch_size // cfg.accumulate
         if self.steps_per_epoch == 0:
+            per_step = f"batch_size={cfg.batch_size}" + (f" x accumulate={cfg.accumulate}" if cfg.accumulate > 1 else "")
             raise ConfigError(
-                f"batch_size={cfg.batch_size} is larger than the {self.train_sampler.num_samples} training "
+                f"{per_step} is larger than the {self.train_sampler.num_samples} training "
                 f"images per process (dataset of {len(dataset)} on {self.world_size} process(es))"  # type: ignore[arg-type]
             )
         self.total_steps = cfg.epochs * self.steps_per_epoch
@@ -537,8 +636,9 @@ class Trainer:
             "step": self.step,
             "sampler": {
                 "epoch": self.step // self.steps_per_epoch,
-                "position": self.step % self.steps_per_epoch,
+                "position": self.step % self.steps_per_epoch,  # in steps, each of batch_size x accumulate samples
                 "batch_size": self.config.batch_size,
+                "accumulate": self.config.accumulate,
                 "world_size": self.world_size,
                 "seed": self.config.seed,
             },
@@ -573,12 +673,15 @@ class Trainer:
         """
         sampler = state.get("sampler", {})
         batch, world = int(sampler.get("batch_size", self.config.batch_size)), int(sampler.get("world_size", self.world_size))
-        old, new, step = batch * world, self.config.batch_size * self.world_size, int(state["step"])
+        accumulate = int(sampler.get("accumulate", 1))  # checkpoints before gradient accumulation: 1
+        old, step = batch * accumulate * world, int(state["step"])
+        new = self.config.batch_size * self.config.accumulate * self.world_size
         if old != new:
             raise ConfigError(
-                f"{source}: step {step} was trained with a global batch of {old} (batch_size {batch} x {world} "
-                f"process(es)), this run has {new}; resuming would count its {step} steps as {step * new} images "
-                f"instead of {step * old}. Resume with batch_size x processes = {old}, or start a new run"
+                f"{source}: step {step} was trained with a global batch of {old} (batch_size {batch} x accumulate "
+                f"{accumulate} x {world} process(es)), this run has {new}; resuming would count its {step} steps as "
+                f"{step * new} images instead of {step * old}. Resume with batch_size x accumulate x processes = {old}, "
+                "or start a new run"
             )
 
     def _resume(self) -> None:
@@ -602,7 +705,7 @@ class Trainer:
             load_state_into(self.ema.module, ema_weights, strict=True, source=str(ckpt.ema))
             self.ema.load_state_dict(state["ema"])
 
-        saved_config = state.get("config", {})
+        saved_config = TrainConfig.upgrade_legacy(state.get("config", {}))
         current = self.config.to_dict()
         # metric_mode only changes the trajectory through early stopping.
         keys = _TRAJECTORY_KEYS + (("metric_mode",) if current["early_stopping_metric"] is not None else ())
@@ -634,9 +737,11 @@ class Trainer:
             self.log(f"warning: checkpoint has RNG states of {len(rng)} process(es), not {self.world_size}; reseeding")
             seed_everything(self.config.seed + self.rank + 1_000_003 * self.step)
         sampler_state = state.get("sampler", {})
-        if sampler_state.get("world_size", self.world_size) != self.world_size or sampler_state.get(
-            "batch_size", self.config.batch_size
-        ) != self.config.batch_size:
+        # The order of samples depends on the world size and on the samples per process per step.
+        saved_per_step = sampler_state.get("batch_size", self.config.batch_size) * sampler_state.get("accumulate", 1)
+        if sampler_state.get("world_size", self.world_size) != self.world_size or (
+            saved_per_step != self.config.batch_size * self.config.accumulate
+        ):
             self.log("warning: world size or batch size changed since the checkpoint; the data order differs")
         if self.is_main:
             self.csv_log.truncate_after(self.step)
@@ -683,17 +788,38 @@ class Trainer:
         self.skipped_steps += 1
         self.log(f"warning: skipped step {self.step + 1} (epoch {epoch}): non-finite {what}: {detail}")
 
-    def _train_step(self, batch: Any) -> dict[str, float] | None:
-        """One optimisation step; returns the loss terms, or ``None`` if the step was skipped."""
+    def _train_step(self, batches: Sequence[Any]) -> dict[str, float] | None:
+        """One optimisation step over ``accumulate`` batches; returns the loss terms, or ``None`` if skipped.
+
+        Each batch's loss is divided by the number of batches before its
+        backward pass, so the accumulated gradient is that of the mean of their
+        losses: with a loss averaged over samples (classification,
+        segmentation), the gradient of one batch of ``batch_size x accumulate``.
+        (Detection losses are normalised by the foreground anchors of each
+        batch, so there the two differ a little.)  Under DDP the gradients are
+        all-reduced once, in the last backward pass: the others run in
+        ``no_sync()``.  The terms returned are the means over the batches.
+        With fp16 the gradients are unscaled before clipping.
+        """
         self.ddp_model.train()
-        losses = self._forward_losses(batch)
-        total = sum(losses.values())
-        terms = {k: float(v.detach()) for k, v in losses.items()}
-        if not self._all_finite(total):
-            self.optimizer.zero_grad(set_to_none=True)
-            self._bad_step("loss", terms)
-            return None
-        self.scaler.scale(total).backward()
+        n = len(batches)
+        terms: dict[str, float] = {}
+        for i, batch in enumerate(batches):
+            last = i == n - 1
+            sync = contextlib.nullcontext() if last or not isinstance(self.ddp_model, DistributedDataParallel) else (
+                self.ddp_model.no_sync()
+            )  # fmt: skip
+            with sync:  # no_sync must cover the forward pass too
+                losses = self._forward_losses(batch)
+                total = sum(losses.values())
+                values = {k: float(v.detach()) for k, v in losses.items()}
+                if not self._all_finite(total):
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self._bad_step("loss" if n == 1 else f"loss in batch {i + 1} of {n}", values)
+                    return None
+                for k, v in values.items():
+                    terms[k] = terms.get(k, 0.0) + v / n
+                self.scaler.scale(total / n if n > 1 else total).backward()
         if self.config.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
@@ -723,9 +849,12 @@ class Trainer:
         if self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_json(self.out_dir / "config.json", {"train": cfg.to_dict(), "meta": self.meta})
+        accumulate = f" x accumulate {cfg.accumulate}" if cfg.accumulate > 1 else ""
         self.log(
             f"training {self.total_steps} steps ({self.steps_per_epoch}/epoch) on {self.world_size} process(es), "
-            f"device {self.device}, global batch {cfg.batch_size * self.world_size}, lr {self.lr:g}"
+            f"device {self.device}, global batch {cfg.batch_size * cfg.accumulate * self.world_size} "
+            f"(batch {cfg.batch_size}{accumulate} x {self.world_size}), "
+            f"precision {'float32' if cfg.amp == 'off' else cfg.amp + ' autocast'}, lr {self.lr:g}"
         )
         self.progress_bar = tqdm(
             total=self.total_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
@@ -736,15 +865,22 @@ class Trainer:
             while self.step < self.total_steps and not self.stop_requested:
                 epoch, position = divmod(self.step, self.steps_per_epoch)
                 self.train_sampler.set_epoch(epoch)
-                self.train_sampler.set_start_index(position * cfg.batch_size)
+                self.train_sampler.set_start_index(position * cfg.batch_size * cfg.accumulate)
+                group: list[Any] = []
                 for batch in self.train_loader:
+                    group.append(batch)
+                    if len(group) < cfg.accumulate:
+                        continue
                     lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
-                    terms = self._train_step(batch)
+                    terms = self._train_step(group)
+                    images = sum(self.task.batch_size(b) for b in group) * self.world_size
+                    group = []
                     self.step += 1
                     self.progress_bar.update(1)
-                    self.step_result = StepResult(lr, terms, self.task.batch_size(batch) * self.world_size)
+                    self.step_result = StepResult(lr, terms, images)
                     self._call_hooks("after_step")
-                    if self.step >= self.total_steps or self.stop_requested:
+                    # At the epoch's last step: the batches left (fewer than accumulate) are not used.
+                    if self.step >= self.total_steps or self.stop_requested or self.step % self.steps_per_epoch == 0:
                         break
                 if self.at_epoch_end():
                     self._call_hooks("after_epoch")
@@ -805,7 +941,9 @@ def evaluate_model(
         task = _adapter(task, num_classes=num_classes)
     model = unwrap_model(model).to(device)
     loader = evaluation_loader(dataset, batch_size, collate_fn, num_workers, pin_memory=device.type == "cuda")
-    return task.evaluate(model, loader, device, dataset)
+    # A bar over the batches on rank 0 when stderr is a terminal (tqdm's disable=None); it clears itself when done.
+    batches = tqdm(loader, desc="eval", unit="batch", leave=False, dynamic_ncols=True, disable=None if get_rank() == 0 else True)
+    return task.evaluate(model, batches, device, dataset)
 
 
 def write_eval_outputs(out_dir: str | Path, result: EvalResult) -> None:

@@ -1,4 +1,4 @@
-"""Top-k classification accuracy."""
+"""Top-k classification accuracy (the confusion matrix: :class:`bicsnet.metrics.confusion.ConfusionMatrix`)."""
 from __future__ import annotations
 
 from typing import Sequence

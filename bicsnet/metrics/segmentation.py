@@ -6,19 +6,21 @@ from typing import Sequence
 
 import torch
 
-from bicsnet.metrics.reduce import all_reduce_sum
+from bicsnet.metrics.confusion import ConfusionMatrix
 
 __all__ = ["SegmentationMetric"]
 
 
 class SegmentationMetric:
-    """Accumulate a ``num_classes x num_classes`` confusion matrix (rows = ground truth).
+    """Accumulate a ``num_classes x num_classes`` pixel confusion matrix (rows = ground truth).
 
     Pixels whose target is ``ignore_index`` are skipped: a batch without a
     labelled pixel adds nothing. ``compute`` gives ``mIoU`` (mean over classes
-    present in prediction or ground truth), ``pixel_acc`` and ``per_class_iou``
-    keyed by class name (``None`` for absent classes); with no labelled pixel at
-    all, ``mIoU`` and ``pixel_acc`` are 0, never NaN (``metrics.json`` stays valid JSON).
+    present in prediction or ground truth), ``pixel_acc``, ``per_class_iou``
+    keyed by class name (``None`` for absent classes) and ``confusion_matrix``
+    (:meth:`ConfusionMatrix.to_dict`: the pixel counts behind them); with no
+    labelled pixel at all, ``mIoU`` and ``pixel_acc`` are 0, never NaN
+    (``metrics.json`` stays valid JSON).
     """
 
     def __init__(self, num_classes: int, ignore_index: int = 255, class_names: Sequence[str] | None = None) -> None:
@@ -29,36 +31,36 @@ class SegmentationMetric:
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
-        self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+        self.matrix = ConfusionMatrix(num_classes, self.class_names, ignore_index=ignore_index)
+
+    @property
+    def confusion(self) -> torch.Tensor:
+        """The pixel counts ``[K, K]`` (int64; rows = ground truth, columns = prediction)."""
+        return self.matrix.counts
 
     def reset(self) -> None:
         """Forget everything accumulated so far."""
-        self.confusion.zero_()
+        self.matrix.reset()
 
     @torch.no_grad()
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
-        """Add a batch: ``pred`` and ``target`` are integer class maps of the same shape (e.g. ``[B, H, W]``)."""
-        if pred.shape != target.shape:
-            raise ValueError(f"pred shape {tuple(pred.shape)} != target shape {tuple(target.shape)}")
-        valid = target != self.ignore_index
-        t = target[valid].long()
-        p = pred[valid].long()
-        if t.numel() and (t.min() < 0 or t.max() >= self.num_classes):
-            raise ValueError(f"target labels must be in [0, {self.num_classes}) or {self.ignore_index}")
-        if p.numel() and (p.min() < 0 or p.max() >= self.num_classes):
-            raise ValueError(f"predicted labels must be in [0, {self.num_classes})")
-        n = self.num_classes
-        counts = torch.bincount(t * n + p, minlength=n * n).reshape(n, n)
-        if self.confusion.device != counts.device:
-            self.confusion = self.confusion.to(counts.device)
-        self.confusion += counts
+        """Add a batch: ``pred`` and ``target`` are integer class maps of the same shape (e.g. ``[B, H, W]``).
+
+        Raises:
+            ValueError: shapes differ, or a label is outside ``[0, num_classes)`` (targets: other than ``ignore_index``).
+        """
+        self.matrix.update(pred, target)
 
     def all_reduce(self) -> None:
         """Sum the confusion matrix over processes (no-op without torch.distributed)."""
-        self.confusion = all_reduce_sum(self.confusion)
+        self.matrix.all_reduce()
 
     def compute(self) -> dict[str, object]:
-        """Return ``{"mIoU", "pixel_acc", "per_class_iou": {name: float | None}}`` (fractions; 0 when empty)."""
+        """Return ``{"mIoU", "pixel_acc", "per_class_iou": {name: float | None}, "confusion_matrix"}``.
+
+        ``mIoU`` and ``pixel_acc`` are fractions (0 when nothing was added);
+        ``confusion_matrix`` is :meth:`ConfusionMatrix.to_dict` of the pixel counts.
+        """
         cm = self.confusion.double().cpu()
         tp = cm.diag()
         union = cm.sum(0) + cm.sum(1) - tp
@@ -71,4 +73,5 @@ class SegmentationMetric:
             "per_class_iou": {
                 name: (float(v) if ok else None) for name, v, ok in zip(self.class_names, iou.tolist(), present.tolist())
             },
+            "confusion_matrix": self.matrix.to_dict(),
         }

@@ -9,6 +9,7 @@ and :func:`task_model` builds the head on a backbone.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -23,8 +24,16 @@ from .registry import get_entry, register_model
 __all__ = ["create_model", "create_model_from_config", "pyramid_model", "register_pyramid_model", "task_model", "load_checkpoint_model", "model_meta"]
 
 
-def create_model(name: str, task: str = "backbone", num_classes: int | None = None, **options: Any) -> nn.Module:
-    """Build registered model ``name`` for ``task``.
+def create_model(
+    name: str,
+    task: str = "backbone",
+    num_classes: int | None = None,
+    *,
+    pretrained: str | os.PathLike | None = None,
+    strict_weights: bool = False,
+    **options: Any,
+) -> nn.Module:
+    """Build registered model ``name`` for ``task``, optionally with weights trained elsewhere.
 
     Args:
         name: a name from :func:`~bicsnet.models.registry.list_models`.
@@ -35,6 +44,13 @@ def create_model(name: str, task: str = "backbone", num_classes: int | None = No
         options: backbone options (any :class:`~bicsnet.arch.backbone.BiCSNetConfig`
             field, e.g. ``width_mult``, ``norm``, ``activation``, ``drop_path_rate``)
             or options of the task's head (``TASKS[task].head_options``, e.g. ``focal_gamma``).
+        pretrained: a weights file to initialise the whole model from: ``.safetensors``
+            (bicsnet's or any), or a ``.pth`` / ``.pt`` / ``.bin`` state dict, possibly wrapped
+            or prefixed (:func:`bicsnet.weights.load_weights`; its report is logged to
+            ``bicsnet.weights``). No published BiCSNet weights exist, so there is no ``True``
+            (``False``, timm's "none", is accepted).
+        strict_weights: refuse ``pretrained`` unless every tensor fits; otherwise tensors
+            that do not fit (a head of another class count) are skipped and reported.
 
     Returns:
         The model, with ``bicsnet_config`` (name, task, num_classes, options): the
@@ -42,8 +58,13 @@ def create_model(name: str, task: str = "backbone", num_classes: int | None = No
 
     Raises:
         ConfigError: unknown model, task or option; a task the model does not
-            support; a missing or non-positive ``num_classes``.
+            support; a missing or non-positive ``num_classes``; ``pretrained`` not a path.
+        CheckpointError: ``pretrained`` unreadable, or nothing (``strict_weights``: not everything) in it fits.
     """
+    if pretrained is False:  # timm's spelling of "no weights"
+        pretrained = None
+    if pretrained is not None and not isinstance(pretrained, (str, os.PathLike)):
+        raise ConfigError(f"pretrained={pretrained!r}: expected the path of a weights file (no published weights to download)")
     entry = get_entry(name)
     spec = get_task(task)
     if task not in entry.tasks:
@@ -52,6 +73,13 @@ def create_model(name: str, task: str = "backbone", num_classes: int | None = No
         raise ConfigError(f"task {task!r} needs num_classes >= 1, got {num_classes}")
     model = entry.fn(task, None if num_classes is None else int(num_classes), **options)
     model.bicsnet_config = {"name": name, "task": task, "num_classes": num_classes, "overrides": dict(options)}
+    if pretrained is not None:
+        from ..weights import load_weights  # local: importing the models package does not import the engine
+
+        report = load_weights(model, pretrained, strict=strict_weights)
+        # A partial load is worth a warning: the unfilled tensors stay random.
+        level = logging.WARNING if report.problems() else logging.INFO
+        logging.getLogger("bicsnet.weights").log(level, "pretrained %s: %s", pretrained, report.summary())
     return model
 
 

@@ -38,7 +38,6 @@ import contextlib
 import ctypes
 import functools
 import gc
-import json
 import os
 import platform
 import statistics
@@ -53,6 +52,7 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_map_only
 
 from ..errors import ConfigError
+from ..io import atomic_write_json
 from ..models.heads import IMAGENET_MEAN, IMAGENET_STD
 from ..tasks import TASKS, BenchIO, TaskSpec
 from .fastpath import apply_fast_path, autocast_context, parse_fast, prepare_input
@@ -666,4 +666,5 @@ def format_table(res: dict[str, Any]) -> str:
 
 
 def write_json(res: dict[str, Any], path: str | os.PathLike) -> None:
-    Path(path).write_text(json.dumps(res, indent=2) + "\n")
+    """Write a :func:`run_bench` result to ``path`` as JSON (atomically, :mod:`bicsnet.io`)."""
+    atomic_write_json(path, res)

@@ -45,6 +45,7 @@ from torch import Tensor, nn
 from torchvision.ops import boxes as box_ops
 
 from ..errors import ConfigError
+from ..io import atomic_save_files
 from ..tasks import TASKS, get_task
 
 __all__ = [
@@ -159,16 +160,20 @@ def export_onnx(
             {0: Dim("batch", min=1, max=1024), 2: Dim("height", min=32, max=8192), 3: Dim("width", min=32, max=8192)},
         )
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings(), torch.no_grad(), quiet_stdout():
         warnings.simplefilter("ignore")
         try:
             program = torch.onnx.export(module, (x,), **kwargs)
         except ImportError as e:  # onnx / onnxscript missing
             raise ConfigError(f"ONNX export needs the 'export' extra (pip install 'bicsnet[export]'): {e}") from e
-    program.save(str(out))
     meta = {"task": task, "dynamic": dynamic, "input_size": list(x.shape[-2:]), "batch": int(x.shape[0]), **(metadata or {})}
-    _write_metadata(out, meta)
+
+    def write(path: str) -> None:
+        program.save(path)
+        _write_metadata(Path(path), meta)
+
+    # Staged under the final name, so external weights (models over 2 GB) are named after it.
+    atomic_save_files(out, write)
     return out
 
 
