@@ -30,7 +30,10 @@ def _cpu_minutes(run: Path) -> str:
     path = run.parent / f"{run.name}.time"
     if not path.exists():
         return "-"
-    wall, user, system = (float(v) for v in path.read_text().split()[-3:])
+    values = path.read_text().split()[-3:]
+    if len(values) < 3:  # the command is still running
+        return "-"
+    wall, user, system = (float(v) for v in values)
     return f"{wall / 60:.1f} / {(user + system) / 60:.1f}"
 
 
