@@ -2,7 +2,7 @@
 # Real-data benchmarks of benchmarks/real.md: strawberry (COCO, Roboflow export) and
 # Stanford Background (mask folder), from scratch, on the 2-core CPU.
 #   bash benchmarks/real.sh [DATA_ROOT] [RUN]   # DATA_ROOT holds strawberry/ and stanford_background/
-# RUN (optional) runs one of: 48s-small r50-small 48s-small-short seg48-short deeplab maskrcnn
+# RUN (optional) runs one of: 48s-small r50-small 48s-small-short seg48-short deeplab maskrcnn maskrcnn-4ep
 # Then: .venv/bin/python benchmarks/real_table.py runs/real
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,3 +48,5 @@ run deeplab --model deeplabv3_resnet50 "${SEG[@]}" --img-size 256 --epochs 1
 # BiCSNet-48S Mask R-CNN (box and mask AP), same recipe, 256 px as the RetinaNet runs above;
 # 1 epoch (about 5 quiet CPU-minutes at 0.41 img/s: what this session's time allowed).
 run maskrcnn --task instance --model bicsnet_48s "${COCO[@]}" --img-size 256 --epochs 1
+# ... and 4 epochs (about 22 quiet CPU-minutes).
+run maskrcnn-4ep --task instance --model bicsnet_48s "${COCO[@]}" --img-size 256 --epochs 4
