@@ -139,7 +139,9 @@ def expand_inputs(inputs: Sequence[str | os.PathLike], exclude: str | os.PathLik
                 and not _below(p, skip)
             )  # fmt: skip
             if not files:
-                raise DataError(f"{path}: no images ({' '.join(IMAGE_EXTENSIONS)}) in this folder or below it")
+                inside = skip is not None and _below(path.resolve() / "_", skip)
+                why = f"; it is inside --out {exclude}, whose files are results, never inputs: choose another --out" if inside else ""
+                raise DataError(f"{path}: no images ({' '.join(IMAGE_EXTENSIONS)}) in this folder or below it{why}")
             anchor = path
         elif path.exists() or not _GLOB_MAGIC.search(text):
             if not path.exists():

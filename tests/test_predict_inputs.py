@@ -306,3 +306,13 @@ def test_score_thresh_below_the_detectors_floor_takes_effect(ws: dict, tmp_path:
     scores = [d["score"] for d in low[0].record["detections"]]
     assert scores and min(scores) < 0.05  # the untrained head scores ~0.01: only visible below the floor
     assert all(d["score"] >= 0.05 for d in default[0].record["detections"])
+
+
+def test_folder_that_is_out_says_why_it_has_no_inputs(ws: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.open(ws["images"][0]).save(folder / "x.jpg")
+    assert main(_predict(ws["detection"], folder, folder)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "it is inside --out" in err[0] and "choose another --out" in err[0]
+    assert sorted(p.name for p in folder.iterdir()) == ["x.jpg"]
