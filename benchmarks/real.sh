@@ -2,7 +2,7 @@
 # Real-data benchmarks of benchmarks/real.md: strawberry (COCO, Roboflow export) and
 # Stanford Background (mask folder), from scratch, on the 2-core CPU.
 #   bash benchmarks/real.sh [DATA_ROOT] [RUN]   # DATA_ROOT holds strawberry/ and stanford_background/
-# RUN (optional) runs one of: 48s-small r50-small 48s-small-short seg48-short deeplab maskrcnn maskrcnn-4ep
+# RUN (optional) runs one of: 48s-small r50-small 48s-small-short seg48-short deeplab maskrcnn maskrcnn-4ep lite0-small
 # Then: .venv/bin/python benchmarks/real_table.py runs/real
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,3 +50,6 @@ run deeplab --model deeplabv3_resnet50 "${SEG[@]}" --img-size 256 --epochs 1
 run maskrcnn --task instance --model bicsnet_48s "${COCO[@]}" --img-size 256 --epochs 1
 # ... and 4 epochs (about 22 quiet CPU-minutes).
 run maskrcnn-4ep --task instance --model bicsnet_48s "${COCO[@]}" --img-size 256 --epochs 4
+# BiCSNet-lite0 RetinaNet on strawberry, small-data recipe, 256 px, 35 epochs: the FP32 model
+# whose INT8 quantization benchmarks/deploy.md reports (box AP before and after).
+run lite0-small --model bicsnet_lite0 "${COCO[@]}" --img-size 256 --epochs 35

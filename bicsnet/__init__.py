@@ -20,6 +20,7 @@ from .data.spec import DataSpec
 from .errors import BicsnetError, CheckpointError, ConfigError, DataError
 from .integrations import torchvision_backbone
 from .integrations.timm import register_when_timm_imported
+from .reparam import deploy
 from .models import create_model, create_model_from_config, default_input_size, get_entry, list_models
 from .tasks import TASKS, get_task
 from .weights import load_backbone_weights, load_weights
@@ -30,6 +31,7 @@ __version__ = "0.1.0"
 register_when_timm_imported()
 
 __all__ = [
+    "deploy",
     "BiCSNet",
     "BiCSNetConfig",
     "BicsnetError",

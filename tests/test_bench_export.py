@@ -232,3 +232,18 @@ def test_static_detector_export_runs_any_image_size(tmp_path) -> None:
                 ref = eager(x)
             got = det.net(x)
             assert all(_close(g, r) for g, r in zip(got, ref))
+
+
+def test_fast_path_deploy_matches_eager() -> None:
+    """``--fast deploy`` (bicsnet.deploy, applied first) keeps the outputs, and stacks with fold."""
+    from bicsnet.tools.fastpath import parse_fast
+
+    assert parse_fast("deploy,fold") == ["deploy", "fold"]
+    cls = _randomize_bn(bicsnet.create_model("bicsnet_48", "classification", 5, **TINY))
+    x = torch.rand(2, 3, 64, 80)
+    with torch.no_grad():
+        ref = cls(x)
+        for opts in (["deploy"], ["deploy", "fold"]):
+            fast = apply_fast_path(cls, opts)
+            assert fast is not cls and _close(fast(x), ref)
+    assert count_batchnorms(cls) > 0  # the original is untouched

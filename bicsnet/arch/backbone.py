@@ -371,17 +371,70 @@ class BiCSNet(PyramidBackbone):
             {p: ConvNormAct(feats[b][0], c, 1, norm=norm, act=act) for p, b in self.output_blocks.items()}
         )
         self.fpn = FeaturePyramidNetwork([c] * len(levels), c) if cfg.fpn else None
-        # Liveness for the forward pass: after block i, drop the features no later
-        # block reads (inference keeps only what is still needed, not every block).
+        self._endpoint_of = {b: p for p, b in self.output_blocks.items()}
+        # Deploy-time horizontal fusion (bicsnet.deploy): per source feature, one
+        # module computing every 1x1 conv that reads it (see share_pointwise).
+        self.shared_pointwise = nn.ModuleDict()
+        self._plan_liveness()
+        self._declare_outputs(levels, c, 2**cfg.max_level)
+
+    def _plan_liveness(self) -> None:
+        """Which stored tensor each block reads, and which to drop after each block.
+
+        Inference keeps only what a later block still reads, not every block's
+        output. A source with a :meth:`share_pointwise` module stores its
+        consumers' pre-computed inputs (keys ``"<block>.<edge index>"``) and its
+        raw output only while an edge without one still reads it.
+        """
+        produced: set[str] = set()
+        for module in self.shared_pointwise.values():
+            produced.update(k for k in module.output_keys if not k.startswith("p"))
+        self._input_keys: list[list[str]] = []
+        self._raw_needed: set[str] = set()
         last_use: dict[str, int] = {}
         for i, spec in enumerate(self.specs):
-            for e in spec.inputs:
-                last_use[e.source] = i
+            keys = []
+            for j, e in enumerate(spec.inputs):
+                key = f"{spec.name}.{j}"
+                if key not in produced:
+                    key = e.source
+                    self._raw_needed.add(e.source)
+                keys.append(key)
+                last_use[key] = i
+            self._input_keys.append(keys)
         self._free_after: list[list[str]] = [[] for _ in self.specs]
-        for name, i in last_use.items():
-            self._free_after[i].append(name)
-        self._endpoint_of = {b: p for p, b in self.output_blocks.items()}
-        self._declare_outputs(levels, c, 2**cfg.max_level)
+        for key, i in last_use.items():
+            self._free_after[i].append(key)
+
+    def share_pointwise(self, source: str, module: nn.Module) -> None:
+        """Compute every 1x1 convolution reading ``source`` in one module (deploy-time horizontal fusion).
+
+        ``module(feature)`` must return a dict with one tensor per name in its
+        ``output_keys``: ``"<block>.<edge index>"`` replaces that edge's input
+        (the Spatial Fusion Module branch then starts after its squeeze), and
+        ``"p<l>"`` is that endpoint's output. Used by :func:`bicsnet.deploy`
+        only; a trained model never has one.
+
+        Raises:
+            KeyError: ``source`` is not a feature of this backbone.
+        """
+        if source != STEM_SOURCE and source not in self.blocks:
+            raise KeyError(f"no feature named {source!r}")
+        self.shared_pointwise[source] = module
+        self._plan_liveness()
+
+    def _publish(
+        self, name: str, y: torch.Tensor, feats: dict[str, torch.Tensor], outs: dict[str, torch.Tensor]
+    ) -> None:
+        """Store feature ``name`` (or what its shared pointwise module makes of it) and its endpoint."""
+        if name in self.shared_pointwise:
+            for key, t in self.shared_pointwise[name](y).items():
+                (outs if key.startswith("p") else feats)[key] = t
+        p = self._endpoint_of.get(name)
+        if p is not None and p not in outs:  # endpoints as soon as their block exists
+            outs[p] = self.endpoints[p](y)
+        if name in self._raw_needed:
+            feats[name] = y
 
     def _branch(self, src: tuple[int, int, int], kind: str, target_in: int, level: int, filters: int) -> BranchBase:
         """The resampling branch of one edge from ``src`` (channels, base filters, level)."""
@@ -439,21 +492,20 @@ class BiCSNet(PyramidBackbone):
 
     def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
         h, w = x.shape[-2:]
-        feats: dict[str, torch.Tensor] = {STEM_SOURCE: self.stem(x)}
+        feats: dict[str, torch.Tensor] = {}
         outs: dict[str, torch.Tensor] = {}
+        self._publish(STEM_SOURCE, self.stem(x), feats, outs)
         recompute = self.grad_checkpointing and self.training and torch.is_grad_enabled()
         for i, spec in enumerate(self.specs):
-            inputs = [feats[e.source] for e in spec.inputs]
+            inputs = [feats[k] for k in self._input_keys[i]]
             size = _level_size(h, w, spec.level)
             if recompute:
-                feats[spec.name] = checkpoint(self._block, spec, inputs, size, use_reentrant=False)
+                y = checkpoint(self._block, spec, inputs, size, use_reentrant=False)
             else:
-                feats[spec.name] = self._block(spec, inputs, size)
-            p = self._endpoint_of.get(spec.name)
-            if p is not None:  # endpoints as soon as their block exists
-                outs[p] = self.endpoints[p](feats[spec.name])
-            for name in self._free_after[i]:
-                del feats[name]
+                y = self._block(spec, inputs, size)
+            self._publish(spec.name, y, feats, outs)
+            for key in self._free_after[i]:
+                del feats[key]
         out = OrderedDict((p, outs[p]) for p in self.output_blocks)
         if self.fpn is not None:
             out = self.fpn(out)

@@ -17,6 +17,8 @@ __all__ = ["register"]
 
 def register(sub: argparse._SubParsersAction) -> None:
     from ..tools.bench import bench_task_names
+    from ..tools.fastpath import FAST_OPTIONS
+    from ..tools.runtimes import RUNTIMES
 
     p = sub.add_parser(
         "bench",
@@ -40,8 +42,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=4, help="batch of the throughput measurement (default: %(default)s)")
     p.add_argument("--train-batch", type=int, default=2, help="batch of the training-step measurement (default: %(default)s)")
     p.add_argument("--train-iters", type=int, help="timed training steps (default min(iters, 3))")
-    p.add_argument("--fast", help="fast-path options to time, comma-separated: fold,channels_last,compile,bf16,fp16 (default: none)")
-    p.add_argument("--onnx", action="store_true", help="also time the network exported to ONNX in onnxruntime")
+    p.add_argument("--fast", help=f"fast-path options to time, comma-separated: {','.join(FAST_OPTIONS)} "
+                   "(deploy: bicsnet.deploy re-parameterisation) (default: none)")
+    p.add_argument("--runtime", default="torch", choices=list(RUNTIMES),
+                   help="also time both networks (and our detectors end to end) on this runtime: static batch-1 graphs, "
+                   "ONNX simplified with onnxslim, OpenVINO at its default precision (bf16 on AMX CPUs) (default: %(default)s)")
+    p.add_argument("--onnx", action="store_true", help="same as --runtime onnxruntime, with any other --runtime (default: off)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
     p.add_argument("--score-thresh", type=float, default=0.0, help="detectors' score threshold (default 0: full NMS load)")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
@@ -108,7 +114,7 @@ def run_bench_cmd(args: argparse.Namespace) -> int:
     log = (lambda s: print(f"bench: {s}", file=sys.stderr)) if not args.json else None
     res = run_bench(
         model, baseline, device=device, warmup=args.warmup, iters=args.iters, batch=args.batch,
-        train_batch=args.train_batch, train_iters=args.train_iters, fast=args.fast, onnx=args.onnx,
+        train_batch=args.train_batch, train_iters=args.train_iters, fast=args.fast, onnx=args.onnx, runtime=args.runtime,
         memory=not args.no_memory, score_thresh=args.score_thresh, pair=args.pair, log=log,
     )  # fmt: skip
     if args.out:

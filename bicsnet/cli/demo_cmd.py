@@ -3,7 +3,10 @@
 Generates the synthetic COCO-format dataset, trains a small BiCSNet RetinaNet
 on it, evaluates it with pycocotools, and writes metrics, a loss curve and
 pictures of predictions. On a CPU it uses the narrow ``bicsnet_48_tiny``; on a
-GPU the paper's BiCSNet-48S for longer.
+GPU the paper's BiCSNet-48S for longer. On a CPU with bfloat16 matrix units
+(AMX or AVX-512 BF16, :func:`~bicsnet.engine.trainer.cpu_bf16_units`) it trains
+under bf16 autocast, elsewhere in float32 (``--precision``); ``demo.json``
+records which.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ from .common import add_device_arg, resolve_device
 if TYPE_CHECKING:
     from ..config import RunConfig
 
-__all__ = ["register", "DEMO_PRESETS", "demo_config"]
+__all__ = ["register", "DEMO_PRESETS", "PRECISIONS", "demo_config", "demo_precision"]
 
 #: What the demo trains on each kind of device (CPU preset measured in benchmarks/demo.md:
 #: 32 epochs fit the 15-minute budget on 2 cores; the weights' EMA is what gets evaluated).
@@ -35,12 +38,40 @@ DEMO_PRESETS = {
 }
 
 
+#: ``--precision`` choices: ``auto`` (:func:`demo_precision`), ``fp32`` or ``bf16`` (autocast).
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def demo_precision(choice: str, device: torch.device, cpuinfo: str | None = None) -> str:
+    """The demo's training precision, as a ``TrainConfig.amp`` value: ``"bf16"`` or ``"off"`` (float32).
+
+    ``auto``: bf16 autocast on a CPU with bfloat16 matrix units (``amx_bf16`` or
+    ``avx512_bf16`` in ``cpuinfo``, default ``/proc/cpuinfo``;
+    :func:`~bicsnet.engine.trainer.cpu_bf16_units`), where oneDNN runs the
+    convolutions in bfloat16; float32 everywhere else (without those units bf16
+    is emulated and slower, and the GPU preset was measured in float32).
+
+    Raises:
+        ConfigError: an unknown ``choice``.
+    """
+    from ..engine.trainer import cpu_bf16_units
+
+    if choice not in PRECISIONS:
+        raise ConfigError(f"--precision {choice!r}: must be one of {', '.join(PRECISIONS)}")
+    if choice == "auto":
+        return "bf16" if device.type == "cpu" and cpu_bf16_units(cpuinfo) else "off"
+    return "bf16" if choice == "bf16" else "off"
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="generate data, train a small detector, evaluate, draw predictions (offline)")
     p.add_argument("--out", default="runs/demo", help="output folder (default: %(default)s)")
     p.add_argument("--epochs", type=int, help=f"override the preset's epochs (default: the preset's, {_per_preset('epochs')})")
     p.add_argument("--model", help=f"override the preset's model (default: the preset's, {_per_preset('model')})")
     p.add_argument("--workers", type=int, default=2, help="data-loading processes (default: %(default)s)")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="training precision: auto = bf16 autocast on a CPU with AMX / AVX-512 BF16 units, "
+                        "else float32 (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="delete a previous demo run in --out first")
     add_device_arg(p)
     p.set_defaults(func=run_demo)
@@ -51,8 +82,11 @@ def _per_preset(key: str) -> str:
     return ", ".join(f"{device.upper()} {preset[key]}" for device, preset in DEMO_PRESETS.items())
 
 
-def demo_config(preset: dict, out: Path, device: str, workers: int) -> "RunConfig":
-    """The run configuration of a demo preset: synthetic data in ``OUT/data``, a short step schedule with EMA."""
+def demo_config(preset: dict, out: Path, device: str, workers: int, amp: str = "off") -> "RunConfig":
+    """The run configuration of a demo preset: synthetic data in ``OUT/data``, a short step schedule with EMA.
+
+    ``amp``: the training precision (``TrainConfig.amp``; :func:`demo_precision` chooses it).
+    """
     from ..config import RunConfig
 
     return RunConfig.from_dict({
@@ -63,7 +97,7 @@ def demo_config(preset: dict, out: Path, device: str, workers: int) -> "RunConfi
                  "synth_size": preset["img_size"]},
         "train": {"epochs": preset["epochs"], "batch_size": preset["batch_size"], "lr": preset["lr"], "warmup_epochs": 1.0,
                   "schedule": "step", "ema_decay": preset["ema"], "num_workers": workers, "device": device,
-                  "out_dir": str(out), "log_every": 10},
+                  "out_dir": str(out), "log_every": 10, "amp": amp},
     })  # fmt: skip
 
 
@@ -76,6 +110,8 @@ def run_demo(args: argparse.Namespace) -> int:
         preset["epochs"] = args.epochs
     if args.model:
         preset["model"] = args.model
+    amp = demo_precision(args.precision, device)
+    precision = "bf16 autocast" if amp == "bf16" else "float32"
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         if not args.overwrite:
@@ -85,8 +121,8 @@ def run_demo(args: argparse.Namespace) -> int:
         shutil.rmtree(out)
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "demo.json", {"preset": preset, "device": device.type})
-    result = api.train(demo_config(preset, out, str(device), args.workers))
+    atomic_write_json(out / "demo.json", {"preset": preset, "device": device.type, "precision": precision})
+    result = api.train(demo_config(preset, out, str(device), args.workers, amp))
     metrics = result.metrics
     train_s = time.perf_counter() - t0
     val_images = sorted((out / "data" / "coco" / "val").glob("*"))[:6]
@@ -96,6 +132,7 @@ def run_demo(args: argparse.Namespace) -> int:
         "model": preset["model"],
         "device": device.type,
         "threads": torch.get_num_threads(),
+        "precision": precision,
         "minutes": round((time.perf_counter() - t0) / 60, 2),
         "train_and_eval_minutes": round(train_s / 60, 2),
         "bbox": metrics.get("bbox", {}),
@@ -109,7 +146,7 @@ def run_demo(args: argparse.Namespace) -> int:
     }
     atomic_write_json(out / "demo.json", {"preset": preset, **summary})
     bbox = summary["bbox"]
-    print(f"\nBiCSNet demo done in {summary['minutes']} min on {device.type}: "
+    print(f"\nBiCSNet demo done in {summary['minutes']} min on {device.type} ({precision}): "
           f"box AP {bbox.get('AP', 0):.3f}, AP50 {bbox.get('AP50', 0):.3f} on {preset['synth_val']} synthetic val images")
     print(json.dumps(summary["outputs"], indent=2))
     return 0

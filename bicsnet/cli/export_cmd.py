@@ -1,4 +1,4 @@
-"""``bicsnet export``: a trained checkpoint to ONNX (NMS outside the graph for detectors)."""
+"""``bicsnet export``: a trained checkpoint to ONNX or OpenVINO IR (NMS outside the graph for detectors)."""
 from __future__ import annotations
 
 import argparse
@@ -10,60 +10,63 @@ __all__ = ["register"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from ..tools.export import FORMATS
+
     p = sub.add_parser(
         "export",
-        help="export a checkpoint to ONNX (detectors: network + box decoding; NMS outside, see bicsnet.tools.export)",
+        help="export a checkpoint to ONNX or OpenVINO (detectors: network + box decoding; NMS outside, see bicsnet.tools.export)",
         description="Exports backbone + head (detectors: decoded boxes and sigmoid scores for every anchor, "
-        "before NMS; run bicsnet.tools.export.OnnxDetector or your runtime's NMS on them). Checks the graph in "
-        "onnxruntime against eager PyTorch unless --no-check.",
+        "before NMS; run bicsnet.tools.runtimes.load_exported or your runtime's NMS on them). Checks the export "
+        "(onnxruntime, or OpenVINO in f32) against eager PyTorch unless --no-check.",
     )
     p.add_argument("--checkpoint", required=True, help="model.safetensors written by 'bicsnet train' (or its run directory)")
-    p.add_argument("--format", default="onnx", choices=["onnx"], help="output format (default: %(default)s)")
-    p.add_argument("--out", required=True, help="output file (.onnx)")
+    p.add_argument("--format", default="onnx", choices=list(FORMATS),
+                   help="onnx (OUT.onnx), or openvino (OUT.xml + OUT.bin, FP32 weights) (default: %(default)s)")
+    p.add_argument("--out", required=True, help="output file: .onnx, or .xml for --format openvino")
     p.add_argument("--dynamic", action="store_true", help="symbolic batch, height and width (default: fixed to the example)")
     p.add_argument("--img-size", type=int, help="example/fixed input size (default: the checkpoint's)")
     p.add_argument("--batch", type=int, default=1, help="example/fixed batch size (default: %(default)s)")
     p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
-    p.add_argument("--no-check", action="store_true", help="skip the onnxruntime vs PyTorch comparison")
-    p.add_argument("--tolerance", type=float, default=1e-4, help="max allowed |onnx - torch| / max(1, max |torch|) per output (default: %(default)s)")
+    p.add_argument("--no-simplify", action="store_true",
+                   help="do not simplify the ONNX graph with onnxslim (default: simplify when onnxslim is installed)")
+    p.add_argument("--deploy", action="store_true",
+                   help="export the deploy-time re-parameterised model, bicsnet.deploy (default: off, the trained model as is)")
+    p.add_argument("--int8", action="store_true",
+                   help="INT8 post-training quantization (NNCF for openvino, onnxruntime static for onnx); the check then "
+                   "reports the max and mean relative difference instead of failing on --tolerance (default: off)")
+    p.add_argument("--calib-images", help="calibration images for --int8: a folder or COCO JSON "
+                   "(default: the training images in the checkpoint's run config.yaml)")
+    p.add_argument("--calib-count", type=int, default=300, help="calibration images used by --int8 (default: %(default)s)")
+    p.add_argument("--check-images", help="compare with PyTorch on these images (folder or COCO JSON; first 2) "
+                   "instead of one random input (default: none, random input); --dynamic also checks a second size")
+    p.add_argument("--no-check", action="store_true", help="skip the exported vs PyTorch comparison")
+    p.add_argument("--tolerance", type=float, default=1e-4, help="max allowed |export - torch| / max(1, max |torch|) per output (default: %(default)s)")
     p.set_defaults(func=run_export)
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from ..tools.export import export_checkpoint
+    from ..tools.export import check_export, export_checkpoint
 
     ckpt = Path(args.checkpoint)
     if not ckpt.exists():
         raise CheckpointError(f"{ckpt}: no such checkpoint")
     if args.batch < 1:
         raise ConfigError("--batch must be >= 1")
-    out = export_checkpoint(ckpt, args.out, dynamic=args.dynamic, img_size=args.img_size, batch=args.batch, opset=args.opset)
-    print(f"wrote {out}")
+    if args.calib_count < 1:
+        raise ConfigError("--calib-count must be >= 1")
+    out = export_checkpoint(
+        ckpt, args.out, format=args.format, dynamic=args.dynamic, img_size=args.img_size, batch=args.batch,
+        opset=args.opset, simplify=not args.no_simplify, deploy=args.deploy, int8=args.int8,
+        calib_images=args.calib_images, calib_count=args.calib_count,
+    )  # fmt: skip
+    print(f"wrote {out}" + (f" and {out.with_suffix('.bin')}" if args.format == "openvino" else ""))
     if not args.no_check:
-        err = check_export(ckpt, out, args.tolerance)
-        print(f"onnxruntime vs PyTorch: max abs difference {err:.2e} (tolerance {args.tolerance:g})")
+        runtime = "OpenVINO (f32)" if args.format == "openvino" else "onnxruntime"
+        records = check_export(ckpt, out, args.tolerance, images=args.check_images, raise_on_mismatch=not args.int8)
+        for r in records:
+            size = f"{r['size'][0]}x{r['size'][1]}"
+            if args.int8:
+                print(f"{runtime} INT8 vs PyTorch at {size}: max abs difference {r['max_abs']:.3g}, mean relative difference {r['mean_rel']:.2%}")
+            else:
+                print(f"{runtime} vs PyTorch at {size}: max abs difference {r['err']:.2e} (tolerance {args.tolerance:g})")
     return 0
-
-
-def check_export(checkpoint: Path, onnx_path: Path, tolerance: float) -> float:
-    """Run both on one random input of the exported shape; raise if they differ beyond ``tolerance``."""
-    import torch
-
-    from ..tools.export import OnnxModel, export_module
-    from ..models import load_checkpoint_model
-
-    model, meta = load_checkpoint_model(checkpoint, "cpu")
-    ort = OnnxModel(onnx_path)
-    module, _, _ = export_module(model, meta["task"])
-    h, w = ort.meta["input_size"]
-    inp = ort.session.get_inputs()[0].shape
-    b = inp[0] if isinstance(inp[0], int) else 2
-    x = torch.rand(b, 3, int(h), int(w), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        ref = module(x)
-    got = ort(x)
-    # Error relative to each output's scale (1 at least): boxes are in pixels, scores in [0, 1].
-    err = max(float((g - r).abs().max()) / max(1.0, float(r.abs().max())) for g, r in zip(got, ref))
-    if err > tolerance:
-        raise ConfigError(f"{onnx_path}: onnxruntime differs from PyTorch by {err:.2e} (> {tolerance:g})")
-    return err

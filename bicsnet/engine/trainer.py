@@ -112,7 +112,7 @@ from .adapters import EvalResult, Task
 
 __all__ = [
     "TrainConfig", "Trainer", "StepResult", "parameter_groups", "evaluate_model", "evaluation_loader",
-    "write_eval_outputs",
+    "write_eval_outputs", "cpu_bf16_units",
 ]  # fmt: skip
 
 NAN_POLICIES = ("stop", "skip")
@@ -370,6 +370,33 @@ def resolve_amp(amp: str, device: torch.device) -> str:
     if amp == "bf16" and not torch.cuda.is_bf16_supported():
         raise ConfigError(f"--amp bf16: this GPU ({device}) cannot run bfloat16; use --amp fp16")
     return amp
+
+
+#: /proc/cpuinfo flags of CPU matrix / dot-product units for bfloat16: Intel AMX (Sapphire Rapids and
+#: later) and AVX-512 BF16 (Cooper Lake, AMD Zen 4 and later). oneDNN runs bf16 convolutions on them.
+CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def cpu_bf16_units(cpuinfo: str | None = None) -> list[str]:
+    """The bfloat16 units of this CPU named in :data:`CPU_BF16_FLAGS` (empty: none, or not Linux).
+
+    ``cpuinfo``: the text of ``/proc/cpuinfo`` (read when ``None``; an
+    unreadable file counts as none). Without these units PyTorch emulates
+    bfloat16 on the CPU and autocast is slower than float32, so callers
+    choose bf16 only when this list is non-empty (``bicsnet demo`` does).
+    """
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return []
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            flags.update(value.split())
+    return [flag for flag in CPU_BF16_FLAGS if flag in flags]
 
 
 def _is_number(value: Any) -> bool:

@@ -23,9 +23,16 @@ warm-up and taking medians:
 * ``gmacs`` / ``params_m``: multiply-adds and parameters (:mod:`bicsnet.tools.flops`
   convention: backbone + head for detectors, the whole network otherwise).
 
-``--fast fold,channels_last,compile,bf16`` adds the network latency of each
-:mod:`bicsnet.tools.fastpath` option alone and of all of them together; ``--onnx``
-adds onnxruntime's network latency. Ratios are model / baseline.
+``--fast deploy,fold,channels_last,compile,bf16`` adds the network latency of each
+:mod:`bicsnet.tools.fastpath` option alone and of all of them together;
+``--runtime onnxruntime|openvino|tensorrt`` adds the network latency of both
+models on that runtime (:func:`bicsnet.tools.runtimes.network_runner`: static
+graphs of the batch-1 input, ONNX simplified with onnxslim, OpenVINO at its
+default precision), alternating, and for a detector that exports (ours) its
+end-to-end latency there too (pre-processing and NMS in PyTorch around the
+runtime, :class:`~bicsnet.tools.export.OnnxDetector`); ``--onnx`` is
+``--runtime onnxruntime``. The machine record names the CPU's matrix units
+(AVX-512, AMX) and OpenVINO's view of them. Ratios are model / baseline.
 
 Detectors run with ``score_thresh`` 0 by default: randomly initialised
 weights score every anchor at about 0.01, below the usual 0.05, so a
@@ -41,10 +48,8 @@ import gc
 import os
 import platform
 import statistics
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
@@ -427,9 +432,12 @@ def _machine(device: torch.device) -> dict[str, Any]:
                 if line.startswith("model name"):
                     cpu = line.split(":", 1)[1].strip()
                     break
+    from .runtimes import matrix_units
+
     info = {
         "device": str(device),
         "cpu": cpu,
+        "matrix_units": matrix_units(),
         "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -451,34 +459,77 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3)
 
 
-def _onnx_latency(works: Sequence[Workload], warmup: int, iters: int) -> list[float | None]:
-    """onnxruntime latency of each model's network-only graph (backbone + head raw outputs)."""
-    import warnings
+def _runtime_e2e(w: Workload, runtime: str, threads: int | None) -> Callable[[], Any] | None:
+    """End to end on ``runtime`` for a model that pre-processes its input itself and exports (our detectors).
 
+    The task table's export module on the runtime (static, at the padded
+    batch-1 input), inside :class:`~bicsnet.tools.export.OnnxDetector`
+    (pre-processing, NMS and rescaling in PyTorch, as ``bicsnet export`` files run).
+    ``None`` for other models (their end-to-end pre-processing is not part of an export).
+    """
+    from .export import OnnxDetector, detection_metadata, example_input, export_module
+    from .runtimes import network_runner
+
+    if w.spec.torchvision or getattr(w.model, "transform", None) is None or TASKS[w.spec.task].export is None:
+        return None
+    model = w.model.cpu()
+    module, _, _ = export_module(model, w.spec.task)
+    x = example_input(model, w.spec.img_size, 1, False)
+    run = network_runner(module, x, runtime, threads=threads)
+    meta = {**detection_metadata(model), "img_size": w.spec.img_size, "input_size": list(x.shape[-2:]), "batch": 1, "dynamic": False}
+    det = OnnxDetector(_WithMeta(run, meta))
+    image = w.image.float().div(255)
+    return lambda: det([image])
+
+
+class _WithMeta:
+    """A runner with the ``meta`` dict :class:`~bicsnet.tools.export.OnnxDetector` reads (an export file's metadata)."""
+
+    def __init__(self, run: Callable[[Tensor], Any], meta: dict[str, Any]) -> None:
+        self.run, self.meta = run, meta
+
+    def __call__(self, x: Tensor) -> Any:
+        return self.run(x)
+
+
+def _runtime_latency(works: Sequence[Workload], runtime: str, warmup: int, iters: int) -> list[dict[str, float | None]]:
+    """Latency of each model's network-only graph on ``runtime`` (batch 1), and end to end where it exports.
+
+    A model whose conversion fails is reported (``None``), not fatal: a
+    baseline may use an operator the runtime's converter lacks. A missing
+    library or GPU (ConfigError) is raised: it would fail both alike.
+    """
     from ..models.wrappers import NetworkOnly
-    from .export import OnnxModel, quiet_stdout
+    from .runtimes import network_runner
 
-    runners: list[Callable[[], Any] | None] = []
-    with tempfile.TemporaryDirectory(prefix="bicsnet-bench-onnx-") as tmp:
-        for i, w in enumerate(works):
-            path = Path(tmp) / f"m{i}.onnx"
-            try:
-                net = NetworkOnly(w.model.cpu(), TASKS[w.spec.task].network).eval()
-                x = w.x1.cpu()
-                with warnings.catch_warnings(), torch.no_grad(), quiet_stdout():
-                    warnings.simplefilter("ignore")
-                    torch.onnx.export(net, (x,), dynamo=True, verbose=False).save(str(path))
-                ort = OnnxModel(path)
-                runners.append(lambda ort=ort, x=x: ort(x))
-            except Exception as e:  # noqa: BLE001 - report, do not abort the benchmark
-                print(f"bench: ONNX export of {w.spec.name} failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
-                runners.append(None)
-            finally:
-                w.model.to(w.device)
-        live = [r for r in runners if r is not None]
-        times = time_alternating(live, warmup, iters, torch.device("cpu")) if live else []
-    it = iter(times)
-    return [(_median_ms(next(it)) if r is not None else None) for r in runners]
+    threads = torch.get_num_threads()
+    dev = works[0].device if runtime in ("torch", "tensorrt") else torch.device("cpu")
+    nets: list[Callable[[], Any] | None] = []
+    e2es: list[Callable[[], Any] | None] = []
+    for w in works:
+        net_fn = e2e_fn = None
+        try:
+            net = NetworkOnly(w.model.to(dev), TASKS[w.spec.task].network).eval()
+            x = w.x1.to(dev)
+            run = network_runner(net, x, runtime, threads=threads)
+            net_fn = lambda run=run, x=x: run(x)  # noqa: E731
+            e2e_fn = _runtime_e2e(w, runtime, threads)
+        except ConfigError:
+            raise
+        except Exception as e:  # noqa: BLE001 - report, do not abort the benchmark
+            print(f"bench: {runtime} conversion of {w.spec.name} failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+        finally:
+            w.model.to(w.device)
+        nets.append(net_fn)
+        e2es.append(e2e_fn)
+    out: list[dict[str, float | None]] = [{"net_ms": None, "e2e_ms": None} for _ in works]
+    for key, fns in (("net_ms", nets), ("e2e_ms", e2es)):
+        live = [f for f in fns if f is not None]
+        times = iter(time_alternating(live, warmup, iters, dev) if live else [])
+        for o, f in zip(out, fns):
+            if f is not None:
+                o[key] = _median_ms(next(times))
+    return out
 
 
 def run_bench(
@@ -493,13 +544,28 @@ def run_bench(
     train_iters: int | None = None,
     fast: Sequence[str] | str | None = None,
     onnx: bool = False,
+    runtime: str = "torch",
     memory: bool = True,
     score_thresh: float | None = 0.0,
     pair: str | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Measure ``model`` (and ``baseline``) and return the result dict (``--json``'s content)."""
+    """Measure ``model`` (and ``baseline``) and return the result dict (``--json``'s content).
+
+    ``runtime`` other than ``torch`` (and ``onnx=True``: onnxruntime) adds
+    ``runtimes[<name>] = {net_ms, e2e_ms}`` per model (see the module docstring).
+
+    Raises:
+        ConfigError: an unknown model, task, fast option or runtime, or a runtime whose libraries are missing.
+    """
+    from .runtimes import RUNTIMES
+
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"--runtime: choose from {', '.join(RUNTIMES)}, not {runtime!r}")
+    runtimes = [r for r in dict.fromkeys((["onnxruntime"] if onnx else []) + [runtime]) if r != "torch"]
     device = torch.device(device)
+    # Fixed input sizes: cuDNN times its algorithms once per shape (inside the warm-up runs) and keeps the fastest.
+    torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark or device.type == "cuda"
     fast_opts = parse_fast(fast)
     say = log or (lambda s: None)
     specs = [model] + ([baseline] if baseline is not None else [])
@@ -551,10 +617,10 @@ def run_bench(
             for role, t in zip(roles, ts):
                 ms = _median_ms(t)
                 results[role].setdefault("fast", {})[label] = {"net_ms": ms, "gain": _ratio(results[role]["net_ms"], ms)}
-    if onnx:
-        say("onnxruntime network latency (batch 1)")
-        for role, ms in zip(roles, _onnx_latency(works, warmup, iters)):
-            results[role]["onnx_net_ms"] = ms
+    for rt in runtimes:
+        say(f"{rt} latency (batch 1)")
+        for role, times in zip(roles, _runtime_latency(works, rt, warmup, iters)):
+            results[role].setdefault("runtimes", {})[rt] = times
 
     if memory:  # last: it pins malloc's thresholds (see _pin_malloc_thresholds)
         say("peak memory")
@@ -577,16 +643,19 @@ def run_bench(
         "machine": machine,
         "settings": {
             "warmup": warmup, "iters": iters, "batch": batch, "train_batch": train_batch, "train_iters": n_train,
-            "score_thresh": score_thresh, "fast": fast_opts, "onnx": onnx,
+            "score_thresh": score_thresh, "fast": fast_opts, "runtimes": runtimes,
         },  # fmt: skip
         **results,
     }
     if baseline is not None:
         a, b = results["model"], results["baseline"]
-        keys = ["gmacs", "params_m", "net_ms", "e2e_ms", "throughput_ips", "train_ips", "train_peak_mb", "train_mem_per_image_mb", "infer_peak_mb", "onnx_net_ms"]
+        keys = ["gmacs", "params_m", "net_ms", "e2e_ms", "throughput_ips", "train_ips", "train_peak_mb", "train_mem_per_image_mb", "infer_peak_mb"]
         ratios = {k: _ratio(a.get(k), b.get(k)) for k in keys if k in a}
         for label in a.get("fast", {}):
             ratios[f"net_ms[{label}]"] = _ratio(a["fast"][label]["net_ms"], b["fast"][label]["net_ms"])
+        for rt in a.get("runtimes", {}):
+            for k in ("net_ms", "e2e_ms"):
+                ratios[f"{k}[{rt}]"] = _ratio(a["runtimes"][rt][k], b["runtimes"][rt][k])
         out["ratios"] = ratios
         lat_vs_flops = _ratio(ratios.get("net_ms"), ratios.get("gmacs"))
         targets = {
@@ -614,12 +683,25 @@ _ROWS = [
     ("train_peak_mb", "training peak memory (MB)", "{:.0f}"),
     ("train_mem_per_image_mb", "training memory per image (MB)", "{:.0f}"),
     ("infer_peak_mb", "inference peak memory, batch 1 (MB)", "{:.0f}"),
-    ("onnx_net_ms", "onnxruntime latency, batch 1 (ms)", "{:.1f}"),
 ]
 
 
 def _cell(v: Any, fmt: str) -> str:
     return "-" if v is None else fmt.format(v)
+
+
+def _units_line(u: dict[str, Any]) -> str:
+    """The CPU's matrix units in words (:func:`bicsnet.tools.runtimes.matrix_units`)."""
+    if not u:
+        return "matrix units: unknown"
+
+    def yes(v: Any) -> str:
+        return "yes" if v else "no"
+
+    amx = ", ".join(u.get("amx") or []) or "no"
+    ov = u.get("openvino_capabilities")
+    return (f"matrix units: AVX2 {yes(u.get('avx2'))}, AVX-512 {yes(u.get('avx512'))} (bf16 {yes(u.get('avx512_bf16'))}, "
+            f"VNNI {yes(u.get('avx512_vnni'))}), AMX {amx}; OpenVINO CPU capabilities: {', '.join(ov) if ov else '-'}")
 
 
 def format_table(res: dict[str, Any]) -> str:
@@ -634,6 +716,8 @@ def format_table(res: dict[str, Any]) -> str:
         f"{title}; {m['device']} ({m['cpu']}, {m['threads']} threads), torch {m['torch']}, "
         f"load average {m.get('loadavg_1m', '-')} -> {m.get('loadavg_1m_end', '-')}; "
         f"median of {s['iters']} alternating runs after {s['warmup']} warm-up; batch {s['batch']}, train batch {s['train_batch']}",
+        "",
+        _units_line(m.get("matrix_units") or {}),
         "",
     ]
     if b:
@@ -654,6 +738,14 @@ def format_table(res: dict[str, Any]) -> str:
             bv = b["fast"][label]
             row += f" {bv['net_ms']:.1f} (x{bv['gain']:.2f}) | {_cell(ratios.get(f'net_ms[{label}]'), '{:.3f}')} |"
         lines.append(row)
+    for rt, v in a.get("runtimes", {}).items():
+        for k, what in (("net_ms", "network latency"), ("e2e_ms", "end-to-end latency")):
+            if v[k] is None and (not b or b["runtimes"][rt][k] is None):
+                continue
+            row = f"| {what}, {rt}, batch 1 (ms) | {_cell(v[k], '{:.1f}')} |"
+            if b:
+                row += f" {_cell(b['runtimes'][rt][k], '{:.1f}')} | {_cell(ratios.get(f'{k}[{rt}]'), '{:.3f}')} |"
+            lines.append(row)
     for name, t in res.get("targets", {}).items():
         verdict = "n/a" if t["met"] is None else ("met" if t["met"] else "MISSED")
         what = {

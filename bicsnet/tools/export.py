@@ -38,7 +38,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -57,7 +57,16 @@ __all__ = [
     "OnnxDetector",
     "load_onnx",
     "quiet_stdout",
+    "encode_metadata",
+    "decode_metadata",
+    "check_export",
+    "is_detector",
+    "example_input",
+    "FORMATS",
 ]
+
+#: Output formats of :func:`export_checkpoint` and their file suffixes.
+FORMATS = {"onnx": ".onnx", "openvino": ".xml"}
 
 _META_PREFIX = "bicsnet."
 #: Metadata keys :class:`OnnxDetector` reads: pre-processing, anchors, NMS (written by :func:`detection_metadata`).
@@ -114,7 +123,7 @@ def _input_transform(model: nn.Module) -> Any | None:
     return getattr(model, "transform", None)
 
 
-def _example_input(model: nn.Module, img_size: int | tuple[int, int], batch: int, dynamic: bool) -> Tensor:
+def example_input(model: nn.Module, img_size: int | tuple[int, int], batch: int, dynamic: bool) -> Tensor:
     """A random (B, 3, H, W) input in [0, 1] of the exported shape."""
     h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
     transform = _input_transform(model)
@@ -149,7 +158,7 @@ def export_onnx(
         ConfigError: the task is not exportable, or the ``export`` extra is missing.
     """
     module, in_names, out_names = export_module(model, task)
-    x = _example_input(model, img_size, batch, dynamic)
+    x = example_input(model, img_size, batch, dynamic)
     kwargs: dict[str, Any] = {"input_names": in_names, "output_names": out_names, "dynamo": True, "verbose": False}
     if opset is not None:
         kwargs["opset_version"] = opset
@@ -177,14 +186,22 @@ def export_onnx(
     return out
 
 
+def encode_metadata(meta: dict[str, Any]) -> dict[str, str]:
+    """``{key: value}`` -> ``{"bicsnet.<key>": json}``: how ONNX metadata props and OpenVINO ``rt_info`` store it."""
+    return {_META_PREFIX + k: json.dumps(v) for k, v in meta.items()}
+
+
+def decode_metadata(items: Iterable[tuple[str, str]]) -> dict[str, Any]:
+    """The inverse of :func:`encode_metadata` over ``(key, json)`` pairs; keys without the prefix are skipped."""
+    return {k[len(_META_PREFIX):]: json.loads(v) for k, v in items if k.startswith(_META_PREFIX)}
+
+
 def _write_metadata(path: Path, meta: dict[str, Any]) -> None:
     import onnx
 
     proto = onnx.load(str(path), load_external_data=False)
     existing = {p.key: p for p in proto.metadata_props}
-    for k, v in meta.items():
-        key = _META_PREFIX + k
-        value = json.dumps(v)
+    for key, value in encode_metadata(meta).items():
         if key in existing:
             existing[key].value = value
         else:
@@ -222,22 +239,40 @@ def export_checkpoint(
     checkpoint: str | os.PathLike,
     out: str | os.PathLike,
     *,
+    format: str = "onnx",
     dynamic: bool = False,
     img_size: int | None = None,
     batch: int = 1,
     opset: int | None = None,
+    simplify: bool = True,
+    deploy: bool = False,
+    int8: bool = False,
+    calib_images: str | os.PathLike | None = None,
+    calib_count: int = 300,
 ) -> Path:
-    """Rebuild a trained model from its ``model.safetensors`` and export it to ONNX.
+    """Rebuild a trained model from its ``model.safetensors`` and export it (ONNX, or OpenVINO IR).
 
     The file's metadata: the model description and class names; for a model
     that pre-processes its input itself (a detector) also :func:`detection_metadata`.
 
+    * ``format="onnx"``: ``out`` ends in ``.onnx``; simplified with onnxslim
+      when it is installed and ``simplify`` (:func:`~bicsnet.tools.runtimes.simplify_onnx`).
+    * ``format="openvino"``: ``out`` ends in ``.xml``; ``out`` and its ``.bin``
+      are written (:func:`~bicsnet.tools.runtimes.export_openvino`).
+    * ``deploy``: export :func:`bicsnet.deploy` of the model (deploy-time re-parameterisation).
+    * ``int8``: post-training INT8 quantization (:mod:`bicsnet.tools.quantize`),
+      calibrated on ``calib_count`` images of ``calib_images`` (a folder or COCO
+      JSON; default the training images of the checkpoint's run, ``config.yaml`` beside it).
+
     Raises:
         CheckpointError: an unreadable checkpoint.
-        ConfigError: the task is not exportable, or the ``export`` extra is missing.
+        ConfigError: the task is not exportable, an unknown format or a wrong
+            suffix, an optional library missing, or no calibration images for ``int8``.
+        DataError: unreadable calibration images.
     """
     from ..models import load_checkpoint_model
 
+    out = _checked_out(out, format)
     model, meta = load_checkpoint_model(checkpoint, "cpu")
     task = meta["task"]
     _exporter(task)  # refuse before reading settings an unexportable model may not have
@@ -246,7 +281,151 @@ def export_checkpoint(
     if _input_transform(model) is not None:
         extra.update(detection_metadata(model, meta))
         extra["img_size"] = size  # the runner resizes to the exported size, whatever the model was trained at
-    return export_onnx(model, task, out, size, dynamic=dynamic, batch=batch, opset=opset, metadata=extra)
+    extra["deployed"], extra["int8"] = bool(deploy), bool(int8)
+    if deploy:
+        from ..reparam import deploy as deploy_model
+
+        model = deploy_model(model)
+    calibration = None
+    if int8:
+        from .quantize import calibration_inputs, images_from
+
+        images = images_from(calib_images if calib_images is not None else _training_images(checkpoint))
+        shape = example_input(model, size, batch, False).shape
+        calibration = calibration_inputs(task, images, size, {**extra, "input_size": list(shape[-2:])}, calib_count)
+    if format == "openvino":
+        from .runtimes import export_openvino
+
+        return export_openvino(model, task, out, size, dynamic=dynamic, batch=batch, metadata=extra, calibration=calibration)
+    if calibration is None:
+        export_onnx(model, task, out, size, dynamic=dynamic, batch=batch, opset=opset, metadata=extra)
+        if simplify:
+            _simplify_if_available(out)
+        return out
+    import tempfile
+
+    from .quantize import quantize_onnx
+
+    with tempfile.TemporaryDirectory(prefix="bicsnet-export-") as tmp:
+        fp32 = export_onnx(model, task, Path(tmp) / out.name, size, dynamic=dynamic, batch=batch, opset=opset, metadata=extra)
+        if simplify:
+            _simplify_if_available(fp32)
+        quantize_onnx(fp32, out, calibration)  # writes out atomically, keeping the metadata
+    return out
+
+
+def _checked_out(out: str | os.PathLike, format: str) -> Path:
+    """``out`` as a Path, after checking its suffix fits ``format``.
+
+    Raises:
+        ConfigError: an unknown format, or a suffix that does not match it.
+    """
+    if format not in FORMATS:
+        raise ConfigError(f"--format: unknown format {format!r}; choose from {', '.join(FORMATS)}")
+    out = Path(out)
+    if out.suffix.lower() != FORMATS[format]:
+        raise ConfigError(f"--out {out}: a {format} export is written to a {FORMATS[format]} file, not {out.suffix or 'a suffix-less name'}")
+    return out
+
+
+def _simplify_if_available(path: Path) -> None:
+    """onnxslim on ``path`` when it is installed (simplification is optional; the graph is valid without)."""
+    try:
+        import onnxslim  # noqa: F401
+    except ImportError:
+        return
+    from .runtimes import simplify_onnx
+
+    simplify_onnx(path)
+
+
+def _training_images(checkpoint: str | os.PathLike) -> Path:
+    """The training images of the run a checkpoint came from (its ``config.yaml``: ``data.train_images``).
+
+    Raises:
+        ConfigError: no run configuration beside the checkpoint, or one without
+            training images that exist (asking for ``--calib-images``).
+    """
+    from ..config import load_run_config
+
+    ckpt = Path(checkpoint)
+    run = ckpt if ckpt.is_dir() else ckpt.parent
+    config = run / "config.yaml"
+    hint = "give --calib-images (a folder of images or a COCO JSON file)"
+    if not config.is_file():
+        raise ConfigError(f"{ckpt}: INT8 calibration needs images and there is no run config.yaml beside the checkpoint; {hint}")
+    images = load_run_config(config).data.train_images
+    if not images or not Path(images).exists():
+        raise ConfigError(f"{config}: the run's training images ({images or 'none recorded'}) are not available; {hint}")
+    return Path(images)
+
+
+def check_export(
+    checkpoint: str | os.PathLike,
+    path: str | os.PathLike,
+    tolerance: float = 1e-4,
+    *,
+    images: str | os.PathLike | None = None,
+    count: int = 2,
+    raise_on_mismatch: bool = True,
+) -> list[dict[str, Any]]:
+    """Compare an exported file with eager PyTorch on the same inputs; one record per input.
+
+    Inputs: one random input of the exported shape (seeded), or the first
+    ``count`` ``images`` (folder or COCO JSON) pre-processed as the graph takes
+    them (:func:`~bicsnet.tools.quantize.calibration_inputs`); a dynamic export
+    is checked again at a second size (the exported size + 128 px per side).
+    The file runs through :func:`~bicsnet.tools.runtimes.load_exported`
+    (OpenVINO in f32 precision, so the comparison is not of bf16 arithmetic).
+
+    Each record: ``size`` (H, W), ``max_abs`` (largest ``|export - torch|``),
+    ``err`` (``max_abs`` / max(1, max ``|torch|``), per output, the worst),
+    ``mean_rel`` (mean ``|export - torch|`` / mean ``|torch|``, the worst output).
+
+    Raises:
+        ConfigError: ``err`` above ``tolerance`` on any input (unless
+            ``raise_on_mismatch`` is false: INT8 exports cannot match to 1e-4).
+        DataError: unreadable check images.
+    """
+    from ..models import load_checkpoint_model
+    from .runtimes import load_exported
+
+    model, meta = load_checkpoint_model(checkpoint, "cpu")
+    module, _, _ = export_module(model, meta["task"])
+    runner = load_exported(path, precision="f32")
+    net = runner.net if isinstance(runner, OnnxDetector) else runner
+    m = net.meta
+    h, w = (int(v) for v in m["input_size"])
+    sizes = [(h, w)] + ([(h + 128, w + 128)] if m.get("dynamic") else [])
+    records = []
+    for sh, sw in sizes:
+        if images is None:
+            b = int(m.get("batch", 1)) if not m.get("dynamic") else 2
+            xs = [torch.rand(b, 3, sh, sw, generator=torch.Generator().manual_seed(0))]
+        else:
+            from .quantize import calibration_inputs, images_from
+
+            img_size = int(m.get("img_size", sh)) + (sh - h)
+            files = images_from(images)
+            arrays = calibration_inputs(meta["task"], files, img_size, {**m, "img_size": img_size, "input_size": [sh, sw]}, count)
+            xs = [torch.from_numpy(a) for a in arrays]
+            if not m.get("dynamic") and int(m.get("batch", 1)) > 1:  # a static batch: fill it with copies
+                xs = [x.expand(int(m["batch"]), -1, -1, -1).contiguous() for x in xs]
+        for x in xs:
+            with torch.no_grad():
+                ref = module(x)
+            got = net(x)
+            rec = {
+                "size": [int(v) for v in x.shape[-2:]],
+                "max_abs": max(float((g - r).abs().max()) for g, r in zip(got, ref)),
+                # Error relative to each output's scale (1 at least): boxes are in pixels, scores in [0, 1].
+                "err": max(float((g - r).abs().max()) / max(1.0, float(r.abs().max())) for g, r in zip(got, ref)),
+                "mean_rel": max(float((g - r).abs().mean()) / max(float(r.abs().mean()), 1e-12) for g, r in zip(got, ref)),
+            }
+            records.append(rec)
+            if raise_on_mismatch and rec["err"] > tolerance:
+                raise ConfigError(f"{path}: the export differs from PyTorch by {rec['err']:.2e} (> {tolerance:g}) at {rec['size'][0]}x{rec['size'][1]}")
+    return records
 
 
 # --------------------------------------------------------------------------- running
@@ -296,7 +475,7 @@ def postprocess_detections(
 class OnnxModel:
     """An exported graph in onnxruntime: ``model(x)`` -> list of numpy-backed tensors."""
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, providers: Sequence[str] = ("CPUExecutionProvider",)) -> None:
         try:
             import onnx
             import onnxruntime as ort
@@ -309,11 +488,9 @@ class OnnxModel:
         threads = threads or torch.get_num_threads()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(path), opts, providers=list(providers))
         proto = onnx.load(str(path), load_external_data=False)
-        self.meta = {
-            p.key[len(_META_PREFIX):]: json.loads(p.value) for p in proto.metadata_props if p.key.startswith(_META_PREFIX)
-        }
+        self.meta = decode_metadata((p.key, p.value) for p in proto.metadata_props)
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
 
@@ -329,16 +506,24 @@ class OnnxDetector:
     model's :class:`~bicsnet.models.detection.DetectionTransform` (rebuilt
     from the file's metadata), NMS is :func:`postprocess_detections`, and
     boxes come back in original-image pixels.
+
+    ``path`` is an ONNX file (run in onnxruntime), or any runner with the
+    same interface (``runner(x) -> [boxes, scores]`` and a ``meta`` dict of
+    the file's ``bicsnet.*`` metadata), e.g. an OpenVINO model from
+    :func:`bicsnet.tools.runtimes.load_exported`.
+
+    Raises:
+        ConfigError: the file has no detection metadata.
     """
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
+    def __init__(self, path: str | os.PathLike | Any, threads: int | None = None) -> None:
         from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
         from ..models.detection import DetectionTransform
 
-        self.net = OnnxModel(path, threads)
+        self.net = OnnxModel(path, threads) if isinstance(path, (str, os.PathLike)) else path
         m = self.net.meta
-        if not _is_detector(m):
+        if not is_detector(m):
             raise ConfigError(f"{path}: not a detection export (task {m.get('task')!r}, no detection metadata)")
         self.transform: GeneralizedRCNNTransform = DetectionTransform(int(m["img_size"]), int(m["size_divisible"]))
         self.transform.image_mean, self.transform.image_std = list(m["image_mean"]), list(m["image_std"])
@@ -391,7 +576,7 @@ def _letterbox(x: Tensor, size: tuple[int, int], batch: int) -> Tensor:
     return x
 
 
-def _is_detector(meta: dict[str, Any]) -> bool:
+def is_detector(meta: dict[str, Any]) -> bool:
     """Whether a file's metadata holds what :class:`OnnxDetector` needs (:func:`detection_metadata`)."""
     return all(k in meta for k in _DETECTOR_KEYS)
 
@@ -399,6 +584,6 @@ def _is_detector(meta: dict[str, Any]) -> bool:
 def load_onnx(path: str | os.PathLike, threads: int | None = None) -> OnnxModel | OnnxDetector:
     """The right runner for an exported file: a detector where it has detection metadata, else the plain network."""
     net = OnnxModel(path, threads)
-    if _is_detector(net.meta):
+    if is_detector(net.meta):
         return OnnxDetector(path, threads)
     return net

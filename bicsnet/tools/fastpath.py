@@ -52,7 +52,7 @@ __all__ = [
 ]
 
 #: Names accepted by :func:`apply_fast_path` / ``bench --fast``.
-FAST_OPTIONS = ("fold", "channels_last", "compile", "bf16", "fp16")
+FAST_OPTIONS = ("deploy", "fold", "channels_last", "compile", "bf16", "fp16")
 
 _BN_TYPES = (nn.BatchNorm2d, nn.SyncBatchNorm)
 
@@ -184,7 +184,9 @@ def parse_fast(spec: str | Sequence[str] | None) -> list[str]:
 def apply_fast_path(
     model: nn.Module, options: Iterable[str], submodules: Sequence[str] | None = None
 ) -> nn.Module:
-    """Apply ``fold`` / ``channels_last`` / ``compile`` (in that order) to an eval copy.
+    """Apply ``deploy`` / ``fold`` / ``channels_last`` / ``compile`` (in that order) to an eval copy.
+
+    ``deploy`` is :func:`bicsnet.deploy` (exact deploy-time re-parameterisation).
 
     ``bf16``/``fp16`` are not model transforms: wrap calls in
     :func:`autocast_context`. ``submodules`` names children to compile instead
@@ -193,6 +195,10 @@ def apply_fast_path(
     """
     opts = set(options)
     out = model.eval()
+    if "deploy" in opts:
+        from ..reparam import deploy  # lazily: bicsnet.deploy builds on the model packages
+
+        out = deploy(out)
     if "fold" in opts:
         out = fold_batchnorm(out)
     if "channels_last" in opts:

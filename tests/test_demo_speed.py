@@ -1,0 +1,66 @@
+"""``bicsnet demo``'s precision choice: bf16 autocast only on CPUs with bfloat16 matrix units, recorded in its output."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from bicsnet.cli import demo_cmd
+from bicsnet.cli.main import main
+from bicsnet.engine.trainer import cpu_bf16_units
+from bicsnet.errors import ConfigError
+
+# /proc/cpuinfo excerpts: an AVX2-only AMD EPYC (this project's 2-core VM), a Sapphire Rapids Xeon, a Zen 4 EPYC.
+AVX2 = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx avx2 fma bmi2\n\nprocessor\t: 1\nflags\t\t: fpu sse2 avx avx2\n"
+SAPPHIRE_RAPIDS = "processor\t: 0\nflags\t\t: avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\n"
+ZEN4 = "processor\t: 0\nflags\t\t: avx2 avx512f avx512_bf16 avx512_vnni\n"
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "units"),
+    [(AVX2, []), (SAPPHIRE_RAPIDS, ["amx_bf16", "avx512_bf16"]), (ZEN4, ["avx512_bf16"]), ("", []),
+     # a flag name inside another word or outside the flags line does not count
+     ("model name\t: amx_bf16 lookalike\nflags\t\t: avx2 xamx_bf16\n", [])],
+)  # fmt: skip
+def test_cpu_bf16_units_reads_the_flags_line(cpuinfo: str, units: list[str]) -> None:
+    assert cpu_bf16_units(cpuinfo) == units
+
+
+def test_cpu_bf16_units_of_this_machine_is_a_subset_of_its_flags() -> None:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        assert cpu_bf16_units() == []
+        return
+    assert cpu_bf16_units() == cpu_bf16_units(text)
+
+
+@pytest.mark.parametrize(
+    ("choice", "device", "cpuinfo", "amp"),
+    [("auto", "cpu", AVX2, "off"), ("auto", "cpu", SAPPHIRE_RAPIDS, "bf16"), ("auto", "cpu", ZEN4, "bf16"),
+     ("auto", "cuda", SAPPHIRE_RAPIDS, "off"),  # the GPU preset was measured in float32
+     ("fp32", "cpu", SAPPHIRE_RAPIDS, "off"), ("bf16", "cpu", AVX2, "bf16")],
+)  # fmt: skip
+def test_demo_precision(choice: str, device: str, cpuinfo: str, amp: str) -> None:
+    assert demo_cmd.demo_precision(choice, torch.device(device), cpuinfo) == amp
+
+
+def test_demo_precision_rejects_unknown_choice() -> None:
+    with pytest.raises(ConfigError, match="--precision 'fp16'"):
+        demo_cmd.demo_precision("fp16", torch.device("cpu"), AVX2)
+
+
+def test_demo_records_its_precision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """``--precision bf16`` trains under bf16 autocast and says so in demo.json, config.json and its last line.
+
+    (``auto`` on a CPU without bf16 units, float32, is what tests/test_cli.py's demo test runs here.)
+    """
+    tiny = {**demo_cmd.DEMO_PRESETS["cpu"], "img_size": 64, "epochs": 1, "synth_train": 8, "synth_val": 2}
+    monkeypatch.setitem(demo_cmd.DEMO_PRESETS, "cpu", tiny)
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--device", "cpu", "--workers", "0", "--precision", "bf16"]) == 0
+    assert json.loads((out / "demo.json").read_text())["precision"] == "bf16 autocast"
+    assert json.loads((out / "config.json").read_text())["train"]["amp"] == "bf16"
+    assert "on cpu (bf16 autocast)" in capsys.readouterr().out

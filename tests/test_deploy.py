@@ -1,0 +1,142 @@
+"""bicsnet.deploy: the deployed copy computes what the model computes, with fewer operators."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import bicsnet
+from bicsnet.arch.fusion import GlobalContext
+from bicsnet.reparam import DeployedFusion, SharedPointwise, deploy, merge_max_pools, operator_counts
+from bicsnet.models.wrappers import NetworkOnly
+from bicsnet.tasks import TASKS
+
+MODELS = [n for n in bicsnet.list_models() if bicsnet.get_entry(n).config is not None]
+
+
+def _randomize(model: nn.Module) -> nn.Module:
+    """Non-trivial BN statistics and global-context weights (a fresh model has identity ones)."""
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, (nn.BatchNorm2d, nn.SyncBatchNorm)):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
+        if isinstance(m, GlobalContext):
+            m.conv.weight.data.normal_(0, 0.1, generator=g)
+            m.conv.bias.data.normal_(0, 0.1, generator=g)
+        if getattr(m, "weights", None) is not None and isinstance(m.weights, nn.Parameter):
+            m.weights.data.uniform_(0.2, 2.0, generator=g)  # fast-normalized fusion weights
+    return model.eval()
+
+
+def _tiny(name: str, task: str = "backbone", num_classes: int | None = None, **kw) -> nn.Module:
+    entry = bicsnet.get_entry(name)
+    return bicsnet.create_model(name, task, num_classes, **{**entry.tiny, **kw})
+
+
+def _outputs(model: nn.Module, task: str, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    with torch.no_grad():
+        return NetworkOnly(model, TASKS[task].network)(x)
+
+
+def _assert_close(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...]) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x.shape == y.shape
+        scale = y.abs().max().clamp_min(1e-6)
+        assert ((x - y).abs().max() / scale).item() < 1e-5
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_deploy_matches_eager_every_model(name: str) -> None:
+    torch.manual_seed(0)
+    model = _randomize(_tiny(name))
+    # 100 x 72: odd level sizes, so nearest up-sampling is not pure replication everywhere.
+    x = torch.rand(2, 3, 100, 72)
+    ref = _outputs(model, "backbone", x)
+    dep = deploy(model)
+    _assert_close(_outputs(dep, "backbone", x), ref)
+    # the original is untouched and still the reference
+    _assert_close(_outputs(model, "backbone", x), ref)
+    if bicsnet.get_entry(name).config.spatial_fusion:
+        assert any(isinstance(m, DeployedFusion) for m in dep.modules())
+    assert dep.deploy_report["batchnorms_left"] == 0
+
+
+@pytest.mark.parametrize(
+    "name,task,size",
+    [
+        ("bicsnet_48", "classification", 96),
+        ("bicsnet_48", "segmentation", 128),
+        ("bicsnet_48s", "detection", 128),
+        ("bicsnet_lite0", "detection", 128),
+        ("bicsnet_48", "detection", 128),
+    ],
+)
+def test_deploy_matches_eager_task_models(name: str, task: str, size: int) -> None:
+    model = _randomize(_tiny(name, task, 3, **({"head_norm": "bn"} if task == "detection" else {})))
+    x = torch.rand(1, 3, size, size)
+    ref = _outputs(model, task, x)
+    dep = deploy(model)
+    _assert_close(_outputs(dep, task, x), ref)
+    assert dep.deploy_report["batchnorms_left"] == 0  # the detection subnets' BNs too
+
+
+def test_deployed_detector_predicts_the_same_scores() -> None:
+    """End to end (transform, network, decoding, NMS). A random head scores near-equal
+    anchors, which NMS may order either way, so the sorted scores are what must agree;
+    the network outputs themselves are compared above."""
+    model = _randomize(_tiny("bicsnet_48s", "detection", 3, head_norm="bn"))
+    model.score_thresh = 0.0
+    images = [torch.rand(3, 120, 150)]
+    with torch.no_grad():
+        a = model(images)[0]
+        b = deploy(model)(images)[0]
+    assert len(a["scores"]) == len(b["scores"]) > 10
+    torch.testing.assert_close(b["scores"][:20], a["scores"][:20], atol=1e-6, rtol=1e-4)
+    assert b["boxes"].shape == a["boxes"].shape and set(b["labels"].tolist()) <= {1, 2, 3}
+
+
+def test_deploy_counts_fewer_operators_and_convolutions() -> None:
+    model = _randomize(_tiny("bicsnet_48"))
+    x = torch.rand(1, 3, 128, 128)
+    before = operator_counts(model, x)
+    dep = deploy(model)
+    after = operator_counts(dep, x)
+    assert after["convolutions"] < before["convolutions"]
+    assert after["operators"] < before["operators"]
+    assert "native_batch_norm" not in after["by_op"] and "_native_batch_norm_legit_no_training" not in after["by_op"]
+    # every squeeze 1x1 conv reading one source is one convolution now
+    shared = [m for m in dep.modules() if isinstance(m, SharedPointwise)]
+    assert shared and before["convolutions"] - after["convolutions"] == dep.deploy_report["pointwise_convs_merged"]
+
+
+def test_deploy_torchvision_baseline_folds_batchnorm() -> None:
+    import torchvision
+
+    model = _randomize(torchvision.models.resnet18(num_classes=5))
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+        out = deploy(model)(x)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("k", [2, 3])
+@pytest.mark.parametrize("size", [(37, 64), (40, 41), (5, 9)])
+def test_merge_max_pools_is_exact(k: int, size: tuple[int, int]) -> None:
+    seq = nn.Sequential(*[nn.MaxPool2d(3, 2, 1) for _ in range(k)])
+    merged = merge_max_pools(seq)
+    assert len(merged) == 1 and merged[0].kernel_size == 2 ** (k + 1) - 1
+    x = torch.randn(2, 4, *size)
+    assert torch.equal(merged(x), seq(x))
+
+
+def test_deploy_leaves_training_model_alone_and_is_eval() -> None:
+    model = _tiny("bicsnet_48").train()
+    dep = deploy(model)
+    assert model.training and not dep.training
+    assert not any(isinstance(m, SharedPointwise) for m in model.modules())
