@@ -242,9 +242,13 @@ class DeployedBranch(nn.Module):
         if self.weight is not None:
             W = self.weight.double().flatten(1)
             G0, G1, g = W @ G0, W @ G1, W @ g + self.bias.double()
-        self.register_buffer("ctx_pre", G0.float(), persistent=False)
-        self.register_buffer("ctx_post", G1.float(), persistent=False)
-        self.register_buffer("ctx_weight", (G0 + G1).float(), persistent=False)
+        # Only an up-sampling branch can see two different means (uneven replication):
+        # it keeps both maps; every other branch one combined map.
+        if self.up:
+            self.register_buffer("ctx_pre", G0.float(), persistent=False)
+            self.register_buffer("ctx_post", G1.float(), persistent=False)
+        else:
+            self.register_buffer("ctx_weight", (G0 + G1).float(), persistent=False)
         self.register_buffer("ctx_bias", g.float(), persistent=False)
 
     def squeeze_width(self) -> int:
@@ -262,8 +266,8 @@ class DeployedBranch(nn.Module):
         # nearest resizing repeats every pixel equally often.
         if self.has_context:
             m0 = F.adaptive_avg_pool2d(z, 1).flatten(1)
-            if self.up and not _exact_replication(z, size):
-                m1 = F.adaptive_avg_pool2d(resize_to(z, size), 1).flatten(1)
+            if self.up:
+                m1 = m0 if _exact_replication(z, size) else F.adaptive_avg_pool2d(resize_to(z, size), 1).flatten(1)
                 v: torch.Tensor | None = F.linear(m0, self.ctx_pre, self.ctx_bias) + F.linear(m1, self.ctx_post)
             else:
                 v = F.linear(m0, self.ctx_weight, self.ctx_bias)
@@ -503,8 +507,12 @@ def deploy(model: nn.Module, *, horizontal: bool = True) -> nn.Module:
 
     Returns:
         The deployed copy, in eval mode; its ``deploy_report`` attribute counts
-        what was rewritten (BNs folded, convolutions merged, branches
-        rewritten, pools merged).
+        what was rewritten: ``batchnorms_folded``, ``batchnorms_left``,
+        ``pointwise_convs_merged``, ``fusion_branches_rewritten`` and
+        ``heads_rewritten`` (classification / segmentation heads; detection
+        heads are only BN-folded). The rewritten branches keep their combined
+        weights as (non-persistent) buffers, so ``parameters()`` of the copy
+        counts fewer tensors than it runs; it is not for training.
     """
     bn_before = count_batchnorms(model)
     out = copy.deepcopy(model).eval()

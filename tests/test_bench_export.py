@@ -5,6 +5,7 @@ import json
 import os
 
 import pytest
+from pathlib import Path
 import torch
 from torch import nn
 
@@ -191,6 +192,36 @@ def test_export_cli_user_errors(tmp_path) -> None:
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"not a safetensors file")
     assert main(["export", "--checkpoint", str(bad), "--out", str(tmp_path / "x.onnx")]) == 2
+
+
+def test_export_cli_leaves_no_file_that_failed_its_check(tmp_path, monkeypatch, capsys) -> None:
+    import bicsnet.tools.export as export_lib
+    from bicsnet.errors import ConfigError
+
+    ckpt = tmp_path / "model.safetensors"
+    ckpt.write_bytes(b"stands in for a checkpoint: the export itself is replaced below")
+    # A missing --check-images folder is refused before any exporting.
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "a.onnx"), "--check-images", str(tmp_path / "nope")]) == 2
+    assert "--check-images" in capsys.readouterr().err and not (tmp_path / "a.onnx").exists()
+
+    def fake_export(checkpoint, out, format="onnx", **kw):
+        out = Path(out)
+        out.write_bytes(b"graph")
+        if format == "openvino":
+            out.with_suffix(".bin").write_bytes(b"weights")
+        return out
+
+    def failing_check(*a, **kw):
+        raise ConfigError("the export differs from PyTorch by 1e-3 (> 1e-12)")
+
+    monkeypatch.setattr(export_lib, "export_checkpoint", fake_export)
+    monkeypatch.setattr(export_lib, "check_export", failing_check)
+    for fmt, name in (("onnx", "m.onnx"), ("openvino", "m.xml")):
+        out = tmp_path / name
+        assert main(["export", "--checkpoint", str(ckpt), "--format", fmt, "--out", str(out)]) == 2
+        assert not out.exists() and not out.with_suffix(".bin").exists()
+        captured = capsys.readouterr()
+        assert "differs from PyTorch" in captured.err and "wrote" not in captured.out
 
 
 @pytest.mark.skipif(not os.environ.get("BICSNET_SLOW_TESTS"), reason="dynamic detector export takes ~30 s; BICSNET_SLOW_TESTS=1")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import CheckpointError, ConfigError
+from ..errors import BicsnetError, CheckpointError, ConfigError, DataError
 
 __all__ = ["register"]
 
@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from ..tools.export import check_export, export_checkpoint
+    from ..tools.export import check_export, export_checkpoint, remove_export
 
     ckpt = Path(args.checkpoint)
     if not ckpt.exists():
@@ -54,19 +54,27 @@ def run_export(args: argparse.Namespace) -> int:
         raise ConfigError("--batch must be >= 1")
     if args.calib_count < 1:
         raise ConfigError("--calib-count must be >= 1")
+    for flag, value in (("--check-images", args.check_images), ("--calib-images", args.calib_images)):
+        if value is not None and not Path(value).exists():  # before minutes of exporting
+            raise DataError(f"{flag} {value}: no such image folder or COCO file")
     out = export_checkpoint(
         ckpt, args.out, format=args.format, dynamic=args.dynamic, img_size=args.img_size, batch=args.batch,
         opset=args.opset, simplify=not args.no_simplify, deploy=args.deploy, int8=args.int8,
         calib_images=args.calib_images, calib_count=args.calib_count,
     )  # fmt: skip
-    print(f"wrote {out}" + (f" and {out.with_suffix('.bin')}" if args.format == "openvino" else ""))
+    written = f"{out}" + (f" and {out.with_suffix('.bin')}" if args.format == "openvino" else "")
     if not args.no_check:
         runtime = "OpenVINO (f32)" if args.format == "openvino" else "onnxruntime"
-        records = check_export(ckpt, out, args.tolerance, images=args.check_images, raise_on_mismatch=not args.int8)
+        try:
+            records = check_export(ckpt, out, args.tolerance, images=args.check_images, raise_on_mismatch=not args.int8)
+        except BicsnetError:
+            remove_export(out)  # an export that failed its check is not left behind to be shipped
+            raise
         for r in records:
             size = f"{r['size'][0]}x{r['size'][1]}"
             if args.int8:
                 print(f"{runtime} INT8 vs PyTorch at {size}: max abs difference {r['max_abs']:.3g}, mean relative difference {r['mean_rel']:.2%}")
             else:
-                print(f"{runtime} vs PyTorch at {size}: max abs difference {r['err']:.2e} (tolerance {args.tolerance:g})")
+                print(f"{runtime} vs PyTorch at {size}: max difference {r['err']:.2e} relative to max(1, max |PyTorch|) (tolerance {args.tolerance:g})")
+    print(f"wrote {written}")
     return 0

@@ -594,7 +594,16 @@ def run_bench(
     say(f"training step (batch {train_batch})")
     steps = [w.make_train_step() for w in works]
     n_train = train_iters if train_iters is not None else max(1, min(iters, 3))
-    ts = time_alternating(steps, 1, n_train, device)
+    try:
+        ts = time_alternating(steps, 1, n_train, device)
+    except ValueError as e:
+        if "more than 1 value per channel" not in str(e):
+            raise
+        # BatchNorm in training mode on a 1x1 map (the coarsest level of a small input) needs 2+ images.
+        raise ConfigError(
+            f"--train-batch {train_batch}: a training step needs at least 2 images at this input size "
+            "(BatchNorm on the coarsest 1x1 maps); use --train-batch 2 or more"
+        ) from None
     for role, t in zip(roles, ts):
         results[role]["train_ips"] = round(train_batch / statistics.median(t), 2)
     if not memory:

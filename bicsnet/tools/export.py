@@ -51,6 +51,7 @@ from ..tasks import TASKS, get_task
 __all__ = [
     "export_module",
     "export_onnx",
+    "remove_export",
     "export_checkpoint",
     "postprocess_detections",
     "OnnxModel",
@@ -134,6 +135,18 @@ def example_input(model: nn.Module, img_size: int | tuple[int, int], batch: int,
         batch = max(2, batch)
         h, w = max(h, 256), max(w, 256)
     return torch.rand(batch, 3, h, w)
+
+
+def remove_export(out: str | os.PathLike) -> None:
+    """Delete the files an export to ``out`` wrote: the ``.onnx`` (and its ``.data`` weights) or the ``.xml`` + ``.bin``.
+
+    ``bicsnet export`` calls it when the written model fails its check against
+    PyTorch, so no unchecked model is left where a script would pick it up.
+    """
+    out = Path(out)
+    for path in (out, out.with_suffix(".bin") if out.suffix == ".xml" else None, out.with_name(out.name + ".data")):
+        if path is not None:
+            path.unlink(missing_ok=True)
 
 
 def export_onnx(
@@ -324,7 +337,7 @@ def _checked_out(out: str | os.PathLike, format: str) -> Path:
         raise ConfigError(f"--format: unknown format {format!r}; choose from {', '.join(FORMATS)}")
     out = Path(out)
     if out.suffix.lower() != FORMATS[format]:
-        raise ConfigError(f"--out {out}: a {format} export is written to a {FORMATS[format]} file, not {out.suffix or 'a suffix-less name'}")
+        raise ConfigError(f"--out {out}: --format {format} writes a {FORMATS[format]} file, not {out.suffix or 'a suffix-less name'}")
     return out
 
 

@@ -98,7 +98,7 @@ def images_from(path: str | os.PathLike) -> list[Path]:
             raise DataError(f"{path}: an images[] record has no file_name")
         files = sorted(path.parent / n for n in names)
     else:
-        raise DataError(f"{path}: calibration image folder or COCO file not found")
+        raise DataError(f"{path}: image folder or COCO file not found")
     if not files:
         raise DataError(f"{path}: no calibration images (suffixes {', '.join(IMAGE_EXTENSIONS)})")
     return files
