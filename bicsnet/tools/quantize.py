@@ -56,17 +56,10 @@ _ONNX_QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
 
 
 def _require(module: str, package: str) -> Any:
-    """Import an optional runtime, or say which pip package brings it.
+    """Import an optional dependency of INT8 quantization (:func:`bicsnet.tools.runtimes.require`)."""
+    from .runtimes import require
 
-    Raises:
-        ConfigError: the module is not installed.
-    """
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as e:
-        raise ConfigError(f"INT8 quantization needs {package} (pip install {package}, or 'bicsnet[deploy]'): {e}") from None
+    return require(module, package, "INT8 quantization")
 
 
 # --------------------------------------------------------------------------- calibration data

@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     import openvino
 
 __all__ = [
+    "require",
     "RUNTIMES",
     "PRECISIONS",
     "simplify_onnx",
@@ -73,7 +74,7 @@ RUNTIMES = ("torch", "onnxruntime", "openvino", "tensorrt")
 PRECISIONS = ("default", "f32")
 
 
-def _require(module: str, package: str, purpose: str) -> Any:
+def require(module: str, package: str, purpose: str) -> Any:
     """Import an optional dependency.
 
     Raises:
@@ -98,8 +99,8 @@ def simplify_onnx(path: str | os.PathLike) -> Path:
     Raises:
         ConfigError: onnxslim (or onnx) is not installed, or ``path`` is not a file.
     """
-    slim = _require("onnxslim", "onnxslim", "ONNX simplification")
-    onnx = _require("onnx", "onnx", "ONNX simplification")
+    slim = require("onnxslim", "onnxslim", "ONNX simplification")
+    onnx = require("onnx", "onnx", "ONNX simplification")
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such ONNX file")
@@ -137,7 +138,7 @@ def to_openvino(
     Raises:
         ConfigError: openvino is not installed.
     """
-    ov = _require("openvino", "openvino", "OpenVINO export")
+    ov = require("openvino", "openvino", "OpenVINO export")
     from torch.export import Dim
 
     module = module.eval()
@@ -196,7 +197,7 @@ def export_openvino(
         ConfigError: the task is not exportable, ``out`` does not end in ``.xml``,
             or openvino (nncf for ``calibration``) is not installed.
     """
-    ov = _require("openvino", "openvino", "OpenVINO export")
+    ov = require("openvino", "openvino", "OpenVINO export")
     out = Path(out)
     if out.suffix.lower() != ".xml":
         raise ConfigError(f"{out}: an OpenVINO model is written to a .xml file (weights beside it in .bin)")
@@ -227,7 +228,7 @@ class OpenVinoModel:
     """
 
     def __init__(self, model: "str | os.PathLike | openvino.Model", threads: int | None = None, precision: str = "default", device: str = "CPU") -> None:
-        ov = _require("openvino", "openvino", "running OpenVINO models")
+        ov = require("openvino", "openvino", "running OpenVINO models")
         if precision not in PRECISIONS:
             raise ConfigError(f"precision: choose from {', '.join(PRECISIONS)}, not {precision!r}")
         core = ov.Core()
@@ -261,7 +262,7 @@ def tensorrt_providers() -> list[str]:
         ConfigError: no CUDA device, or this onnxruntime build has no
             ``TensorrtExecutionProvider`` (install ``onnxruntime-gpu`` with TensorRT).
     """
-    ort = _require("onnxruntime", "onnxruntime-gpu", "TensorRT through onnxruntime")
+    ort = require("onnxruntime", "onnxruntime-gpu", "TensorRT through onnxruntime")
     if not torch.cuda.is_available():
         raise ConfigError("the tensorrt runtime needs a CUDA GPU; none is available")
     if "TensorrtExecutionProvider" not in ort.get_available_providers():
@@ -277,7 +278,7 @@ def _torch_tensorrt_runner(module: nn.Module, example: Tensor) -> Callable[[Tens
     """
     if not torch.cuda.is_available():
         raise ConfigError("the tensorrt runtime needs a CUDA GPU; none is available")
-    trt = _require("torch_tensorrt", "torch-tensorrt", "the tensorrt runtime")
+    trt = require("torch_tensorrt", "torch-tensorrt", "the tensorrt runtime")
     compiled = trt.compile(module.eval().cuda(), inputs=[example.cuda()], enabled_precisions={torch.float32})
 
     def run(x: Tensor) -> Any:
@@ -294,7 +295,7 @@ def _torch_tensorrt_runner(module: nn.Module, example: Tensor) -> Callable[[Tens
 
 def _export_network_onnx(module: nn.Module, example: Tensor, path: Path, simplify: bool) -> Path:
     """A network-only module to a static ONNX file (simplified with onnxslim when installed and asked)."""
-    _require("onnxscript", "onnxscript", "ONNX export")
+    require("onnxscript", "onnxscript", "ONNX export")
     with warnings.catch_warnings(), torch.no_grad(), quiet_stdout():
         warnings.simplefilter("ignore")
         torch.onnx.export(module.eval(), (example,), dynamo=True, verbose=False).save(str(path))
@@ -346,7 +347,7 @@ def network_runner(
         providers = ["CPUExecutionProvider"]
     with tempfile.TemporaryDirectory(prefix="bicsnet-runtime-", dir=workdir) as tmp:
         path = _export_network_onnx(module.cpu(), example.cpu(), Path(tmp) / "network.onnx", simplify)
-        _require("onnxruntime", "onnxruntime", "the onnxruntime runtime")
+        require("onnxruntime", "onnxruntime", "the onnxruntime runtime")
         return OnnxModel(path, threads, providers)
 
 
