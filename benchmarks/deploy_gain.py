@@ -6,8 +6,10 @@
 window; on a machine whose speed drifts, the gain of one variant over eager
 is only safe to read when they alternate in one loop, which this does:
 network only (backbone + head), batch 1, medians. Variants: ``eager``,
-``fold`` (BatchNorm folding alone, the generic part), ``deploy``
-(:func:`bicsnet.deploy`), ``deploy+channels_last``.
+``fold`` (BatchNorm folding alone, the generic part), ``deploy, unfused``
+(:func:`bicsnet.deploy` with ``fuse=False``: rewrites 1-6 only),
+``deploy`` (all rewrites, oneDNN fused convolutions included),
+``deploy+channels_last``.
 """
 from __future__ import annotations
 
@@ -34,13 +36,14 @@ def main() -> None:
     args = ap.parse_args()
     torch.manual_seed(0)
     rows = []
-    print("| model | task @size | eager (ms) | fold | deploy | deploy + channels_last | deploy gain |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print("| model | task @size | eager (ms) | fold | deploy, unfused | deploy | deploy + channels_last | deploy gain |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     for name, task, size, k in ROWS:
         model = bicsnet.create_model(name, task, k).eval()
         variants = {
             "eager": model,
             "fold": fold_batchnorm(model),
+            "deploy, unfused": bicsnet.deploy(model, fuse=False),
             "deploy": bicsnet.deploy(model),
             "deploy+channels_last": bicsnet.deploy(model).to(memory_format=torch.channels_last),
         }
@@ -51,7 +54,10 @@ def main() -> None:
         ms = {v: round(sorted(t)[len(t) // 2] * 1e3, 1) for v, t in zip(variants, times)}
         gain = round(ms["eager"] / ms["deploy"], 3)
         rows.append({"model": name, "task": task, "img_size": size, "median_ms": ms, "deploy_gain": gain})
-        print(f"| {name} | {task} @{size} | {ms['eager']} | {ms['fold']} | {ms['deploy']} | {ms['deploy+channels_last']} | x{gain} |")
+        print(
+            f"| {name} | {task} @{size} | {ms['eager']} | {ms['fold']} | {ms['deploy, unfused']} | {ms['deploy']} "
+            f"| {ms['deploy+channels_last']} | x{gain} |"
+        )
     if args.out:
         atomic_write_json(args.out, rows)
 

@@ -46,6 +46,17 @@ each rewrite is exact:
    place and folds the 1/5 into its first (linear) convolution
    (:class:`DeployedSegmentationHead`).
 
+7. **Fused convolutions** (:func:`fuse_convolutions`,
+   :class:`~bicsnet.fused_ops.FusedConv2d`): every convolution becomes one
+   oneDNN call with its bias, residual add and activation as post-ops and
+   its weight laid out once (what ``torch.compile``'s frozen CPU graphs call),
+   in residual blocks (:class:`FusedResidual`, also torchvision's ResNet
+   blocks, so baselines get the same), stems, heads, and in each Spatial
+   Fusion Module, whose branch projections chain the branch sum and the
+   activation (eqs. (1)-(6): ``act(sum_i y_i)``). Only on float32 CPU
+   inference outside tracing / exporting; elsewhere the same modules run the
+   plain operators (``fuse=False`` keeps them plain everywhere).
+
 Nothing is dropped or approximated: parameters are combined in float64 and
 stored as float32. :func:`operator_counts` counts the ATen operators and
 convolutions one forward runs, before and after (``benchmarks/deploy.md``).
@@ -63,6 +74,9 @@ from torch.fx.experimental.symbolic_shapes import statically_known_true
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .arch.backbone import BiCSNet
+from .arch.blocks import BottleneckBlock, ResidualBlock
+from .arch.layers import DropPath
+from .fused_ops import ACTIVATION_NAMES, FusedConv2d, use_onednn
 from .arch.fusion import GlobalContext, ResampleBranch, ResizeTo, SpatialFusionModule, resize_to
 from .models.heads import ClassificationHead, SegmentationHead
 from .models.lite_head import SeparableSubnet
@@ -78,6 +92,8 @@ __all__ = [
     "DeployedSegmentationHead",
     "merge_max_pools",
     "operator_counts",
+    "FusedResidual",
+    "fuse_convolutions",
 ]
 
 
@@ -213,6 +229,9 @@ class DeployedBranch(nn.Module):
             self.register_buffer("weight", w.float().reshape(conv.weight.shape), persistent=False)
             self.register_buffer("bias", b.float(), persistent=False)
             self.out_scale = 1.0
+        # The projection without its bias (that goes into the per-image vector); a
+        # FusedConv2d so DeployedFusion can chain the branch sum and activation into it.
+        self.proj = None if self.weight is None else FusedConv2d(self.weight, None)
         # Global-context maps as float32 buffers: ctx = G m + g for the mean m
         # of the map the branch projects (derived below per case).
         self._set_context()
@@ -244,11 +263,12 @@ class DeployedBranch(nn.Module):
             G0, G1, g = W @ G0, W @ G1, W @ g + self.bias.double()
         # Only an up-sampling branch can see two different means (uneven replication):
         # it keeps both maps; every other branch one combined map.
+        # Stored transposed, (C_in, C_out), for one addmm per image batch.
         if self.up:
-            self.register_buffer("ctx_pre", G0.float(), persistent=False)
-            self.register_buffer("ctx_post", G1.float(), persistent=False)
+            self.register_buffer("ctx_pre", G0.t().contiguous().float(), persistent=False)
+            self.register_buffer("ctx_post", G1.t().contiguous().float(), persistent=False)
         else:
-            self.register_buffer("ctx_weight", (G0 + G1).float(), persistent=False)
+            self.register_buffer("ctx_weight", (G0 + G1).t().contiguous().float(), persistent=False)
         self.register_buffer("ctx_bias", g.float(), persistent=False)
 
     def squeeze_width(self) -> int:
@@ -261,25 +281,34 @@ class DeployedBranch(nn.Module):
         raise ValueError("a branch without projection or global context has no width to infer")
 
     def forward(self, x: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        z = self.down(self.gc_pre(self.squeeze(x)))
-        # The mean of the map gc_post sees (after the resize): equal to z's when
-        # nearest resizing repeats every pixel equally often.
-        if self.has_context:
-            m0 = F.adaptive_avg_pool2d(z, 1).flatten(1)
-            if self.up:
-                m1 = m0 if _exact_replication(z, size) else F.adaptive_avg_pool2d(resize_to(z, size), 1).flatten(1)
-                v: torch.Tensor | None = F.linear(m0, self.ctx_pre, self.ctx_bias) + F.linear(m1, self.ctx_post)
-            else:
-                v = F.linear(m0, self.ctx_weight, self.ctx_bias)
-        else:
-            v = None if self.weight is None else self.bias.expand(z.shape[0], -1)
-        y = z if self.weight is None else F.conv2d(z, self.weight)
+        z, v = self.prepare(x, size)
+        y = z if self.proj is None else self.proj(z)
         if self.out_scale != 1.0:
             y = y * self.out_scale
             v = None if v is None else v * self.out_scale
         if self.up:
             y = resize_to(y, size)  # after the 1x1 projection: fewer pixels to project
         return y, v
+
+    def prepare(self, x: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(z, v)``: the map the projection reads (squeezed, down-sampled) and the per-image vector.
+
+        The branch's output is ``proj(z) + v`` (then resized for an Up-Sampling
+        branch, scaled for an unprojected one); ``v`` is ``(N, C_target)`` or None.
+        """
+        z = self.down(self.gc_pre(self.squeeze(x)))
+        # The mean of the map gc_post sees (after the resize): equal to z's when
+        # nearest resizing repeats every pixel equally often.
+        if self.has_context:
+            m0 = z.mean((2, 3))
+            if self.up:
+                m1 = m0 if _exact_replication(z, size) else resize_to(z, size).mean((2, 3))
+                v: torch.Tensor | None = torch.addmm(self.ctx_bias, m0, self.ctx_pre).addmm_(m1, self.ctx_post)
+            else:
+                v = torch.addmm(self.ctx_bias, m0, self.ctx_weight)
+        else:
+            v = None if self.weight is None else self.bias.expand(z.shape[0], -1)
+        return z, v
 
 
 class DeployedFusion(nn.Module):
@@ -302,8 +331,16 @@ class DeployedFusion(nn.Module):
             for b, s in zip(fusion.branches, scales)
         )
         self.act = fusion.act
+        self.act_name = ACTIVATION_NAMES.get(type(fusion.act))
+        # Branches whose projection runs at the target size (not Up-Sampling, projected):
+        # their projections can take the running sum as a oneDNN post-op.
+        self.chained = [
+            i for i, b in enumerate(self.branches) if isinstance(b, DeployedBranch) and b.proj is not None and not b.up
+        ]
 
     def forward(self, inputs: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        if self.chained and self.act_name is not None and use_onednn(inputs[0], self.branches[self.chained[0]].proj.weight):
+            return self._forward_chained(inputs, size)
         out: torch.Tensor | None = None
         vec: torch.Tensor | None = None
         for b, x in zip(self.branches, inputs):
@@ -317,6 +354,37 @@ class DeployedFusion(nn.Module):
         elif any(out is x for x in inputs):  # an identity branch: the in-place act must not touch the source
             out = out.clone()
         return self.act(out)
+
+    def _forward_chained(self, inputs: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        """The same sum with every add and the activation as post-ops of the projections (oneDNN, CPU).
+
+        ``act(sum_i y_i + v)``: the other branches are summed first; then each
+        chained projection adds the running sum, and the last one also adds
+        ``v`` through its bias (batch 1) and applies the activation.
+        """
+        acc: torch.Tensor | None = None
+        vec: torch.Tensor | None = None
+        maps: list[tuple[FusedConv2d, torch.Tensor]] = []
+        for i, (b, x) in enumerate(zip(self.branches, inputs)):
+            if i in self.chained:
+                z, v = b.prepare(x, size)
+                maps.append((b.proj, z))
+            else:
+                y, v = b(x, size)
+                acc = y if acc is None else acc + y
+            if v is not None:
+                vec = v if vec is None else vec + v
+        one = vec is None or vec.shape[0] == 1
+        for k, (proj, z) in enumerate(maps):
+            last = k == len(maps) - 1
+            if last and one:
+                acc = proj(z, acc, None if vec is None else vec[0], act=self.act_name)
+            else:
+                acc = proj(z, acc)
+        assert acc is not None
+        if not one:
+            return self.act(acc + vec[:, :, None, None])  # type: ignore[index]
+        return acc
 
 
 class _Scaled(nn.Module):
@@ -493,23 +561,159 @@ def _folded_head(head: SegmentationHead) -> bool:
     return isinstance(first, nn.Sequential) and isinstance(first[0], nn.Conv2d) and isinstance(first[1], nn.Identity)
 
 
+# --------------------------------------------------------------------------- fused convolutions
+
+
+class FusedResidual(nn.Module):
+    """A residual block as ``last(pre(x), other=shortcut(x))``: the add and activation are the last convolution's post-ops.
+
+    ``(N, C_in, H, W)`` -> ``(N, C_out, H', W')``, equal to the block it
+    replaces in eval mode (bicsnet's bottleneck / residual blocks, Section
+    III-D, and torchvision's ResNet ``Bottleneck`` / ``BasicBlock``).
+    """
+
+    def __init__(self, pre: Sequence[FusedConv2d], last: FusedConv2d, shortcut: nn.Module) -> None:
+        super().__init__()
+        self.pre = nn.Sequential(*pre)
+        self.last = last
+        self.shortcut = shortcut
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.last(self.pre(x), self.shortcut(x))
+
+
+def _conv_act_of(m: nn.Module) -> tuple[nn.Conv2d, nn.Module | None] | None:
+    """``(conv, act)`` of a plain folded conv (+ act) Sequential (ConvNormAct), else None."""
+    if type(m).forward is not nn.Sequential.forward or not 2 <= len(m) <= 3:  # type: ignore[arg-type]
+        return None
+    conv, norm, *rest = list(m)
+    act = rest[0] if rest else None
+    if not (type(conv) is nn.Conv2d and isinstance(norm, nn.Identity)):
+        return None
+    if act is not None and type(act) not in ACTIVATION_NAMES:
+        return None
+    if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+        return None
+    return conv, act
+
+
+def _fuse_residual(block: nn.Module) -> FusedResidual | None:
+    """A :class:`FusedResidual` for a (children already fused) eval-mode residual block, else None."""
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
+    if isinstance(block, (BottleneckBlock, ResidualBlock)):
+        drop = block.drop_path
+        if not (isinstance(drop, DropPath) and (drop.rate == 0.0 or not drop.training)):
+            return None
+        convs = [block.conv1, block.conv2] + ([block.conv3] if hasattr(block, "conv3") else [])
+        act = ACTIVATION_NAMES.get(type(block.act))
+        shortcut = block.shortcut
+    elif isinstance(block, (Bottleneck, BasicBlock)):
+        if not all(isinstance(getattr(block, f"bn{i}", None), nn.Identity) for i in (1, 2)):
+            return None
+        names = ["conv1", "conv2"] + (["conv3"] if isinstance(block, Bottleneck) else [])
+        if not all(isinstance(getattr(block, n), FusedConv2d) for n in names):
+            return None
+        act = ACTIVATION_NAMES.get(type(block.relu))
+        convs = [getattr(block, n) for n in names]
+        for c in convs[:-1]:  # conv -> (folded BN) -> relu
+            c.act = act
+        shortcut = block.downsample if block.downsample is not None else nn.Identity()
+        if isinstance(shortcut, nn.Sequential) and len(shortcut) == 2 and isinstance(shortcut[1], nn.Identity):
+            shortcut = shortcut[0]
+    else:
+        return None
+    if act is None or not all(isinstance(c, FusedConv2d) for c in convs) or convs[-1].act is not None:
+        return None
+    convs[-1].act = act
+    return FusedResidual(convs[:-1], convs[-1], shortcut)
+
+
+def _fuse_runs(module: nn.Module) -> int:
+    """In a container run in order (Sequential, torchvision's IntermediateLayerGetter, ResNet's stem),
+    ``conv -> Identity (folded BN) -> act`` becomes one fused conv and two Identities."""
+    from torchvision.models._utils import IntermediateLayerGetter
+    from torchvision.models.resnet import ResNet
+
+    if isinstance(module, ResNet):
+        names = ["conv1", "bn1", "relu"]
+    elif type(module).forward in (nn.Sequential.forward, IntermediateLayerGetter.forward):
+        names = [n for n, _ in module.named_children()]
+    else:
+        return 0
+    n = 0
+    children = dict(module.named_children())
+    for a, b, c in zip(names, names[1:], names[2:]):
+        conv, norm, act = children.get(a), children.get(b), children.get(c)
+        if (type(conv) is nn.Conv2d and isinstance(norm, nn.Identity) and type(act) in ACTIVATION_NAMES
+                and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)):  # fmt: skip
+            setattr(module, a, FusedConv2d.from_conv(conv, act))
+            setattr(module, c, nn.Identity())
+            children[c] = nn.Identity()
+            n += 1
+    return n
+
+
+def fuse_convolutions(model: nn.Module) -> int:
+    """Rewrite an eval-mode, BN-folded ``model`` in place to :class:`~bicsnet.fused_ops.FusedConv2d` convolutions.
+
+    Every folded conv (+ ReLU / SiLU) becomes one fused convolution, and every
+    residual block a :class:`FusedResidual` whose last convolution also takes
+    the shortcut add and the activation. Works on bicsnet's blocks and on
+    torchvision's ResNets (the baselines), so both sides of a comparison get
+    the same treatment. Exact: the same operations, one oneDNN call each on CPU
+    (plain PyTorch operators elsewhere, see :mod:`bicsnet.fused_ops`).
+
+    Returns:
+        The number of convolutions now fused.
+    """
+    count = 0
+
+    def visit(module: nn.Module) -> None:
+        nonlocal count
+        count += _fuse_runs(module)
+        for name, child in list(module.named_children()):
+            ca = _conv_act_of(child)
+            if ca is not None:
+                setattr(module, name, FusedConv2d.from_conv(*ca))
+                count += 1
+                continue
+            if type(child) is nn.Conv2d and child.padding_mode == "zeros" and not isinstance(child.padding, str):
+                setattr(module, name, FusedConv2d.from_conv(child))
+                count += 1
+                continue
+            if isinstance(child, SharedPointwise) and type(child.conv) is nn.Conv2d and type(child.act) in ACTIVATION_NAMES:
+                child.conv = FusedConv2d.from_conv(child.conv, child.act)
+                child.act = nn.Identity()
+                count += 1
+                continue
+            visit(child)
+            fused = _fuse_residual(child)
+            if fused is not None:
+                setattr(module, name, fused)
+
+    visit(model)
+    return count
+
+
 # --------------------------------------------------------------------------- entry point
 
 
-def deploy(model: nn.Module, *, horizontal: bool = True) -> nn.Module:
+def deploy(model: nn.Module, *, horizontal: bool = True, fuse: bool = True) -> nn.Module:
     """An eval-mode inference copy of ``model`` that computes the same outputs with fewer operators.
 
     Works on any bicsnet model and on torchvision models (for those, only BN
     folding applies). The original is not modified. The copy is for
     inference only: training it is not supported (BN statistics are gone).
     ``horizontal=False`` skips the shared 1x1 convolutions (rewrite 2 in the
-    module docstring).
+    module docstring); ``fuse=False`` keeps ``nn.Conv2d`` + activation
+    modules instead of :class:`~bicsnet.fused_ops.FusedConv2d` (rewrite 7).
 
     Returns:
         The deployed copy, in eval mode; its ``deploy_report`` attribute counts
         what was rewritten: ``batchnorms_folded``, ``batchnorms_left``,
-        ``pointwise_convs_merged``, ``fusion_branches_rewritten`` and
-        ``heads_rewritten`` (classification / segmentation heads; detection
+        ``pointwise_convs_merged``, ``fusion_branches_rewritten``,
+        ``convolutions_fused`` and ``heads_rewritten`` (classification / segmentation heads; detection
         heads are only BN-folded). The rewritten branches keep their combined
         weights as (non-persistent) buffers, so ``parameters()`` of the copy
         counts fewer tensors than it runs; it is not for training.
@@ -531,6 +735,13 @@ def deploy(model: nn.Module, *, horizontal: bool = True) -> nn.Module:
                 module.fusions[name] = DeployedFusion(fusion)
                 branches += len(fusion.branches)
     report["heads_rewritten"] = _deploy_heads(out)
+    report["convolutions_fused"] = fuse_convolutions(out) if fuse else 0
+    if not fuse:  # the fusions' own projections and post-op chains use the plain operators too
+        for m in out.modules():
+            if isinstance(m, FusedConv2d):
+                m.onednn = False
+            elif isinstance(m, DeployedFusion):
+                m.chained = []
     report["pointwise_convs_merged"] = merged
     report["fusion_branches_rewritten"] = branches
     report["batchnorms_left"] = count_batchnorms(out)
@@ -540,7 +751,10 @@ def deploy(model: nn.Module, *, horizontal: bool = True) -> nn.Module:
 
 # --------------------------------------------------------------------------- counting
 
-_IGNORED = {"detach", "alias", "lift_fresh", "_to_copy", "empty", "zeros", "ones", "full", "new_empty"}
+# Allocation-only operators, and oneDNN's one-time weight layout (a cache, not per-call work).
+_IGNORED = {"detach", "alias", "lift_fresh", "_to_copy", "empty", "zeros", "ones", "full", "new_empty",
+            "_reorder_convolution_weight"}  # fmt: skip
+_CONVOLUTIONS = ("convolution", "_convolution", "mkldnn_convolution", "_convolution_pointwise")
 
 
 class _OpCounter(TorchDispatchMode):
@@ -567,7 +781,7 @@ def operator_counts(fn: Any, *args: Any) -> dict[str, Any]:
     by_op = {k: v for k, v in sorted(counter.counts.items()) if k not in _IGNORED}
     return {
         "operators": sum(by_op.values()),
-        "convolutions": sum(v for k, v in by_op.items() if k in ("convolution", "_convolution", "mkldnn_convolution")),
+        "convolutions": sum(v for k, v in by_op.items() if k in _CONVOLUTIONS),
         "by_op": by_op,
     }
 

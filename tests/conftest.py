@@ -18,3 +18,12 @@ TINY = dict(BICSNET_TINY)
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def paper_rows() -> list[dict]:
+    """``bicsnet.tools.flops.paper_comparison()``, computed once per session (~20 s: every paper model
+    at its full size). ``test_models.py`` checks the numbers, ``test_cli.py`` how ``info --paper`` shows them."""
+    from bicsnet.tools.flops import paper_comparison
+
+    return paper_comparison()

@@ -1,6 +1,9 @@
 """bench, the inference fast path and ONNX export, at tiny sizes (CPU, well under a minute)."""
 from __future__ import annotations
 
+import contextlib
+import copy
+import io
 import json
 import os
 
@@ -121,7 +124,10 @@ def test_onnx_backbone_dynamic_and_classifier(tmp_path) -> None:
         assert [g.shape for g in got] == [r.shape for r in ref]
         assert all(_close(g, r) for g, r in zip(got, ref))
 
-    cls = _randomize_bn(bicsnet.create_model("bicsnet_48", "classification", 10, **TINY))
+    # The classifier: the no-SFM ablation, whose graph has the fewest layers (the export's time grows with
+    # them; test_quantize.py picks it for that too). Every layer of the full BiCSNet-48, SFM included, is
+    # exported and checked just above; what is new here is the classification head and a static batch of 2.
+    cls = _randomize_bn(bicsnet.create_model("bicsnet_48_no_sfm", "classification", 10, **TINY))
     path = export_onnx(cls, "classification", tmp_path / "cls.onnx", 64, batch=2)
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
@@ -160,15 +166,39 @@ def _assert_same_detections(ref: list[dict], got: list[dict], tol: float = 1e-4)
         assert bool(same.any(1).all()) and bool(same.any(0).all())
 
 
-def test_export_cli_detector_batch2_and_zero_detections(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.fixture(scope="module")
+def detector_b2(tmp_path_factory: pytest.TempPathFactory):
+    """A detector checkpoint (trained at 256) and its ``bicsnet export`` at its own size with a static batch
+    of 2, made once (an export takes tens of seconds) for the two tests below: the batch-2 test, and the
+    own-size case of the any-image-size test (a static batch runs fewer images too, filled with blanks).
+
+    Returns the eager model, the checkpoint, the ONNX file, the exit code and the CLI's stdout.
+    """
+    tmp = tmp_path_factory.mktemp("det_b2")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # as _one_thread does for the tests (a module fixture is set up before it)
+    try:
+        torch.manual_seed(0)
+        model, ckpt = _detector_checkpoint(tmp)
+        out = tmp / "det.onnx"
+        stdout = io.StringIO()
+        with contextlib.redirect_stdout(stdout):
+            code = main(["export", "--checkpoint", str(ckpt), "--format", "onnx", "--batch", "2", "--out", str(out)])
+    finally:
+        torch.set_num_threads(n)
+    return model, ckpt, out, code, stdout.getvalue()
+
+
+def test_export_cli_detector_batch2_and_zero_detections(detector_b2) -> None:
     from bicsnet.tools.export import OnnxDetector
 
-    model, ckpt = _detector_checkpoint(tmp_path)
-    out = tmp_path / "det.onnx"
-    assert main(["export", "--checkpoint", str(ckpt), "--format", "onnx", "--batch", "2", "--out", str(out)]) == 0
-    assert "onnxruntime vs PyTorch" in capsys.readouterr().out
+    model, _, out, code, stdout = detector_b2
+    model = copy.deepcopy(model)  # score_thresh is changed below; the fixture's model is shared
+    assert code == 0
+    assert "onnxruntime vs PyTorch" in stdout
     det = OnnxDetector(out)
     assert det.net.output_names == ["boxes", "scores"] and "outside" in det.net.meta["nms"]
+    assert det.net.meta["batch"] == 2 and det.net.meta["input_size"] == [256, 256] and not det.net.meta["dynamic"]
     images = [torch.rand(3, 200, 256), torch.rand(3, 256, 170)]  # both pad to 256 x 256: batch 2
     # Random weights score every anchor at ~0.01 < 0.05: zero detections, in both.
     with torch.no_grad():
@@ -237,19 +267,24 @@ def test_export_detector_dynamic(tmp_path) -> None:
         _assert_same_detections(ref, det(images))
 
 
-def test_static_detector_export_runs_any_image_size(tmp_path) -> None:
-    """A detector trained at 256, exported static at its own size and at --img-size 384, runs on any image."""
+def test_static_detector_export_runs_any_image_size(detector_b2, tmp_path) -> None:
+    """A detector trained at 256, exported static at its own size and at --img-size 384, runs on any image.
+
+    Its own size: the fixture's export (no --img-size, static batch 2; one image runs as a batch
+    of 2 filled with a blank). --img-size 384: exported here with the default static batch 1.
+    """
     from bicsnet.models.wrappers import DetectionExportModule
     from bicsnet.tools.export import OnnxDetector, _letterbox
 
-    model, ckpt = _detector_checkpoint(tmp_path)
-    eager = DetectionExportModule(model).eval()
-    for export_size in (256, 384):
-        out = tmp_path / f"det{export_size}.onnx"
-        extra = ["--img-size", str(export_size)] if export_size != 256 else []
-        assert main(["export", "--checkpoint", str(ckpt), "--format", "onnx", "--out", str(out), *extra]) == 0
+    model, ckpt, own_size_export, code, _ = detector_b2
+    assert code == 0
+    eager = DetectionExportModule(copy.deepcopy(model)).eval()
+    out384 = tmp_path / "det384.onnx"
+    assert main(["export", "--checkpoint", str(ckpt), "--format", "onnx", "--out", str(out384), "--img-size", "384"]) == 0
+    for export_size, out, batch in ((256, own_size_export, 2), (384, out384, 1)):
         det = OnnxDetector(out)
         assert det.net.meta["input_size"] == [export_size, export_size] and det.net.meta["img_size"] == export_size
+        assert det.net.meta["batch"] == batch and not det.net.meta["dynamic"]
         det.net.meta["score_thresh"] = 0.0  # random weights: keep candidates so the runner does real work
         for shape in [(export_size, export_size), (128, 256), (600, 900)]:  # the exported size, smaller non-square, larger
             image = torch.rand(3, *shape)
@@ -257,8 +292,8 @@ def test_static_detector_export_runs_any_image_size(tmp_path) -> None:
             assert len(d["boxes"]) > 0
             assert float(d["boxes"][:, 2].max()) <= shape[1] and float(d["boxes"][:, 3].max()) <= shape[0]
             # The graph on the letterboxed input equals the eager network on the same input.
-            batch, _ = det.transform([image])
-            x = _letterbox(batch.tensors, (export_size, export_size), 1)
+            batch_in, _ = det.transform([image])
+            x = _letterbox(batch_in.tensors, (export_size, export_size), batch)
             with torch.no_grad():
                 ref = eager(x)
             got = det.net(x)

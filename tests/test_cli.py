@@ -15,7 +15,21 @@ def test_info_lists_models(capsys: pytest.CaptureFixture) -> None:
     assert {"bicsnet_48s", "bicsnet_140", "csnet_48", "retinanet_resnet50_fpn"} <= names
 
 
-def test_info_paper_table(capsys: pytest.CaptureFixture) -> None:
+def test_info_paper_table(paper_rows: list[dict], capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    import copy
+
+    import bicsnet.tools.flops as flops
+
+    # The comparison itself (every paper model counted at full size, ~20 s) is computed once per
+    # session by paper_comparison() (conftest.py's paper_rows, also read by test_models.py);
+    # here both output forms of `info --paper` print that same result.
+    calls = []
+
+    def shared_comparison(*args: object, **kwargs: object) -> list[dict]:
+        calls.append((args, kwargs))
+        return copy.deepcopy(paper_rows)
+
+    monkeypatch.setattr(flops, "paper_comparison", shared_comparison)
     assert main(["info", "--paper", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     tables = {r["table"] for r in rows}
@@ -24,6 +38,7 @@ def test_info_paper_table(capsys: pytest.CaptureFixture) -> None:
     assert r48["paper_flops_b"] == 84.8 and abs(r48["flops_diff_pct"]) <= 5
     assert main(["info", "--paper"]) == 0
     assert "bicsnet_140" in capsys.readouterr().out
+    assert calls == [((), {})] * 2  # each form asked for the comparison of every paper row (the default)
 
 
 def test_info_model(capsys: pytest.CaptureFixture) -> None:

@@ -140,3 +140,98 @@ def test_deploy_leaves_training_model_alone_and_is_eval() -> None:
     dep = deploy(model)
     assert model.training and not dep.training
     assert not any(isinstance(m, SharedPointwise) for m in model.modules())
+
+
+# --------------------------------------------------------------------------- fused convolutions (rewrite 7)
+
+
+def _reference(x, weight, bias, stride, padding, groups, act, other=None):
+    y = torch.nn.functional.conv2d(x, weight, bias, stride, padding, 1, groups)
+    if other is not None:
+        y = y + other
+    return {"relu": torch.relu, "swish": torch.nn.functional.silu, None: lambda t: t}[act](y)
+
+
+@pytest.mark.parametrize("act", ["relu", "swish", None])
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("groups,stride,batch", [(1, 1, 1), (1, 2, 2), (8, 1, 2)])
+def test_fused_conv_equals_conv_add_act(act: str | None, residual: bool, groups: int, stride: int, batch: int) -> None:
+    from bicsnet.fused_ops import FusedConv2d, use_onednn
+
+    g = torch.Generator().manual_seed(0)
+    weight, bias = torch.randn(16, 16 // groups, 3, 3, generator=g), torch.randn(16, generator=g)
+    conv = FusedConv2d(weight, bias, stride=(stride, stride), padding=(1, 1), groups=groups, act=act)
+    x = torch.randn(batch, 16, 13, 10, generator=g)
+    other = torch.randn(batch, 16, *conv(x).shape[-2:], generator=g) if residual else None
+    ref = _reference(x, weight, bias, stride, 1, groups, act, other)
+    with torch.no_grad():
+        assert use_onednn(x, conv.weight) == bicsnet.fused_ops.onednn_available()
+        out = conv(x, other)
+        again = conv(x, other)  # the laid-out weight is cached and reused
+        cl = conv(x.contiguous(memory_format=torch.channels_last), other)
+        per_call = conv(x, other, bias=torch.zeros(16), act="relu")  # per-call bias and activation
+    for y in (out, again, cl):
+        torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4)
+    # Another input size (a RetinaNet head runs one convolution on every level): its own weight layout.
+    small = torch.randn(batch, 16, 5, 4, generator=g)
+    with torch.no_grad():
+        torch.testing.assert_close(conv(small), _reference(small, weight, bias, stride, 1, groups, act), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(conv(x, other), ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(per_call, _reference(x, weight, None, stride, 1, groups, "relu", other), rtol=1e-4, atol=1e-4)
+    # With autograd the plain operators run, and input gradients flow (saliency maps on a deployed model).
+    xg = x.clone().requires_grad_(True)
+    assert not use_onednn(xg, conv.weight)
+    y = conv(xg, other)
+    torch.testing.assert_close(y.detach(), ref, rtol=1e-4, atol=1e-4)
+    y.sum().backward()
+    assert xg.grad is not None and xg.grad.abs().sum() > 0
+
+
+def test_fused_deploy_rewrites_residual_blocks_and_matches_unfused() -> None:
+    import torchvision
+
+    from bicsnet.fused_ops import FusedConv2d
+    from bicsnet.reparam import FusedResidual
+
+    model = _randomize(_tiny("bicsnet_48"))
+    x = torch.rand(1, 3, 96, 80)
+    fused, plain = deploy(model), deploy(model, fuse=False)
+    assert fused.deploy_report["convolutions_fused"] > 0 and plain.deploy_report["convolutions_fused"] == 0
+    assert any(isinstance(m, FusedResidual) for m in fused.modules())
+    assert not any(isinstance(m, FusedResidual) for m in plain.modules())
+    if bicsnet.fused_ops.onednn_available():
+        assert "_convolution_pointwise" in operator_counts(fused, x)["by_op"]
+    assert "_convolution_pointwise" not in operator_counts(plain, x)["by_op"]
+    _assert_close(_outputs(fused, "backbone", x), _outputs(plain, "backbone", x))
+    # torchvision's ResNet (the baselines) gets the same rewrite: blocks and the stem.
+    tv = _randomize(torchvision.models.resnet50(num_classes=4))
+    dep = deploy(tv)
+    assert isinstance(dep.layer1[0], FusedResidual) and isinstance(dep.conv1, FusedConv2d) and dep.conv1.act == "relu"
+    with torch.no_grad():
+        torch.testing.assert_close(dep(x), tv(x), rtol=1e-4, atol=1e-4)
+
+
+def test_fused_deploy_under_inference_mode() -> None:
+    """Deployed and called inside torch.inference_mode (inference tensors have no version counter)."""
+    model = _randomize(_tiny("bicsnet_48"))
+    x = torch.rand(1, 3, 64, 64)
+    ref = _outputs(model, "backbone", x)
+    with torch.inference_mode():
+        dep = deploy(model)
+        out = tuple(dep(x).values())
+        again = tuple(dep(x).values())
+    _assert_close(out, ref)
+    _assert_close(again, ref)
+
+
+def test_fused_deploy_exports_plain_operators() -> None:
+    """torch.export (the ONNX / OpenVINO route) sees aten.convolution, never oneDNN's CPU-only operators."""
+    model = _randomize(_tiny("bicsnet_48"))
+    dep = deploy(model)
+    x = torch.rand(1, 3, 64, 64)
+    program = torch.export.export(dep, (x,))
+    targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert not any("mkldnn" in t for t in targets), sorted(t for t in targets if "mkldnn" in t)
+    assert any("conv2d" in t or "convolution" in t for t in targets)
+    with torch.no_grad():
+        _assert_close(tuple(program.module()(x).values()), tuple(dep(x).values()))

@@ -173,6 +173,7 @@ def test_instance_cli_writes_box_and_mask_metrics(synth: Path, tmp_path: Path) -
     run = tmp_path / "inst"
     assert main([
         "train", "--task", "instance", "--model", "bicsnet_48_tiny", "--img-size", "128", "--epochs", "1", "--max-steps", "3",
+        "--set", f"width_mult={TINY_DET['width_mult']}", "--set", f"endpoint_channels={TINY_DET['endpoint_channels']}",
         "--batch-size", "4", "--synth-dir", str(synth), "--synth-train", "48", "--synth-val", "16", "--synth-size", "128",
         "--workers", "0", "--device", "cpu", "--out", str(run),
     ]) == 0  # fmt: skip

@@ -296,6 +296,25 @@ def test_run_checkpointer_rotation_and_pairing(tmp_path):
     assert ck2.latest().step == 5
 
 
+def test_run_checkpointer_reads_each_training_state_once(tmp_path, monkeypatch):
+    """scan() runs on every save; a training state (a full torch.save file) is read once, renames included."""
+    from bicsnet.engine import checkpoint as ckpt
+
+    loads: list[str] = []
+    real = ckpt.load_training_state
+    monkeypatch.setattr(ckpt, "load_training_state", lambda p, **kw: (loads.append(Path(p).name), real(p, **kw))[1])
+    ck = RunCheckpointer(tmp_path)
+    model = TinyNet()
+    for step in (1, 2, 3, 4):
+        ck.save(step, model, {}, {"step": step})
+    assert len(loads) == 4  # one per file written, not one per file per save
+    assert ck.latest().step == 4 and len(loads) == 4
+    # A file replaced behind its back (new identity) is read again, and a fresh checkpointer reads each once.
+    os.replace(tmp_path / "prev.state.pt", tmp_path / "last.state.pt")
+    assert ck.latest() is None or ck.latest().step != 4
+    assert RunCheckpointer(tmp_path).scan() == ck.scan()
+
+
 # --------------------------------------------------------------------------- sampler / seeding / BN
 def test_sampler_sharding_resume_and_determinism():
     full = ResumableDistributedSampler(10, num_replicas=1, rank=0, seed=3)

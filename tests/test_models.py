@@ -192,11 +192,9 @@ def test_task_heads(task: str, nc: int) -> None:
     assert y.shape == ((2, nc) if task == "classification" else (2, nc, 70, 90))
 
 
-def test_flops_match_paper_tables() -> None:
+def test_flops_match_paper_tables(paper_rows: list[dict]) -> None:
     """Table II within 5% of FLOPs; Table VI within 10% of FLOPs and params."""
-    from bicsnet.tools.flops import paper_comparison
-
-    rows = paper_comparison()
+    rows = paper_rows  # paper_comparison(), shared with test_cli.py (conftest.py)
     checked = 0
     for r in rows:
         if r["table"] == "II":

@@ -479,6 +479,10 @@ class RunCheckpointer:
         self.directory = Path(directory)
         #: Files skipped by the last scan, with the reason (for warnings).
         self.problems: list[str] = []
+        # Checkpoint info already read, by file identity (device, inode, size, mtime): a
+        # training state is a full torch.save file, and scan() runs on every save; renames
+        # (incoming -> last -> prev) keep the identity, so each file is read once.
+        self._info_cache: dict[tuple[int, int, int, int], tuple[str | None, dict[str, Any] | None]] = {}
 
     def path(self, name: str, role: str) -> Path:
         """Path of a role (``weights``, ``ema``, ``state``) under a base name (``last``, ``prev``)."""
@@ -498,23 +502,33 @@ class RunCheckpointer:
         """All complete checkpoints in the directory, newest first."""
         self.problems = []
         parts: dict[str, dict[str, Any]] = {}
+        seen: dict[tuple[int, int, int, int], tuple[str | None, dict[str, Any] | None]] = {}
         for p in self._candidates():
             try:
-                if p.name.endswith(".state.pt"):
+                st = p.stat()
+                ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+                cached = self._info_cache.get(ident)
+                if cached is not None:
+                    role, info = cached
+                elif p.name.endswith(".state.pt"):
                     info = load_training_state(p, mmap=True).get("checkpoint")
                     role = "state"
                 else:
                     info = _read_checkpoint_info(p)
                     role = info.get("role") if info else None
+            except FileNotFoundError:
+                continue  # removed since the directory was listed
             except (CheckpointError, json.JSONDecodeError) as exc:
                 self.problems.append(str(exc) if str(exc).startswith(str(p)) else f"{p}: {exc}")
                 continue
+            seen[ident] = (role, info)
             if not info or role not in self._ROLE_NAMES or "save_id" not in info:
                 continue  # e.g. a model.safetensors copied here: not part of a checkpoint
             entry = parts.setdefault(str(info["save_id"]), {"step": int(info["step"])})
             entry[role] = p
             if role == "state":
                 entry["has_ema"] = bool(info.get("has_ema"))
+        self._info_cache = seen  # only files still there
         sets = [
             CheckpointSet(e["step"], sid, e["weights"], e["state"], e.get("ema"))
             for sid, e in parts.items()
