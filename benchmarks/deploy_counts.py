@@ -38,18 +38,20 @@ def main() -> None:
     args = ap.parse_args()
     torch.manual_seed(0)
     rows = []
-    print("| model | task @size | operators before | after | convolutions before | after | BNs folded | 1x1 convs merged |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    print("| model | task @size | operators before | after, fuse=False | after | convolutions before | after | BNs folded | 1x1 convs merged |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, task, size, k in ROWS:
         model = bicsnet.create_model(name, task, k).eval()
         dep = deploy(model)
         x = torch.rand(1, 3, size, size)
         before = operator_counts(NetworkOnly(model, TASKS[task].network), x)
+        unfused = operator_counts(NetworkOnly(deploy(model, fuse=False), TASKS[task].network), x)
         after = operator_counts(NetworkOnly(dep, TASKS[task].network), x)
         rep = dep.deploy_report
-        rows.append({"model": name, "task": task, "img_size": size, "before": before, "after": after, "report": rep})
+        rows.append({"model": name, "task": task, "img_size": size, "before": before, "after_unfused": unfused,
+                     "after": after, "report": rep})  # fmt: skip
         print(
-            f"| {name} | {task} @{size} | {before['operators']} | {after['operators']} | {before['convolutions']} "
+            f"| {name} | {task} @{size} | {before['operators']} | {unfused['operators']} | {after['operators']} | {before['convolutions']} "
             f"| {after['convolutions']} | {rep['batchnorms_folded']} | {rep['pointwise_convs_merged']} |"
         )
     if args.out:

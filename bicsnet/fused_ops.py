@@ -76,7 +76,7 @@ def use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
     )
 
 
-#: Input shapes a convolution keeps laid-out weights for (more: start over).
+#: Input shapes a convolution keeps laid-out weights for (beyond: least recently used dropped).
 _MAX_LAYOUTS = 16
 
 
@@ -167,15 +167,17 @@ class FusedConv2d(nn.Module):
         except RuntimeError:  # an inference tensor (deployed under inference_mode): cannot be edited in place
             version = None
         key = (w.data_ptr(), version, tuple(w.shape))
-        if self._packed_key != key or len(self._packed) >= _MAX_LAYOUTS:
+        if self._packed_key != key:
             self._packed, self._packed_key = {}, key
         shape = tuple(x.shape)
-        packed = self._packed.get(shape)
+        packed = self._packed.pop(shape, None)
         if packed is None:
             packed = torch.ops.mkldnn._reorder_convolution_weight(
                 w, self.padding, self.stride, self.dilation, self.groups, list(shape)
             )
-            self._packed[shape] = packed
+            if len(self._packed) >= _MAX_LAYOUTS:  # drop the least recently used shape
+                self._packed.pop(next(iter(self._packed)))
+        self._packed[shape] = packed  # (re)inserted last: dicts keep insertion order
         return packed
 
     def forward(

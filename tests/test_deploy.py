@@ -59,6 +59,9 @@ def test_deploy_matches_eager_every_model(name: str) -> None:
     ref = _outputs(model, "backbone", x)
     dep = deploy(model)
     _assert_close(_outputs(dep, "backbone", x), ref)
+    # batch 2 takes the fusion's plain add, batch 1 the chained post-ops (rewrite 7)
+    _assert_close(_outputs(dep, "backbone", x[:1]), _outputs(model, "backbone", x[:1]))
+    _assert_close(_outputs(deploy(model, fuse=False), "backbone", x), ref)
     # the original is untouched and still the reference
     _assert_close(_outputs(model, "backbone", x), ref)
     if bicsnet.get_entry(name).config.spatial_fusion:
@@ -205,10 +208,24 @@ def test_fused_deploy_rewrites_residual_blocks_and_matches_unfused() -> None:
     _assert_close(_outputs(fused, "backbone", x), _outputs(plain, "backbone", x))
     # torchvision's ResNet (the baselines) gets the same rewrite: blocks and the stem.
     tv = _randomize(torchvision.models.resnet50(num_classes=4))
-    dep = deploy(tv)
+    dep = deploy(tv, fuse=True)
     assert isinstance(dep.layer1[0], FusedResidual) and isinstance(dep.conv1, FusedConv2d) and dep.conv1.act == "relu"
     with torch.no_grad():
         torch.testing.assert_close(dep(x), tv(x), rtol=1e-4, atol=1e-4)
+
+
+def test_deployed_state_dict_restores_the_deployed_copy(tmp_path) -> None:
+    """A deployed copy saved with state_dict() and loaded into another deploy of the same architecture."""
+    x = torch.rand(1, 3, 64, 64)
+    trained = _randomize(_tiny("bicsnet_48", "classification", 4))
+    dep = deploy(trained, fuse=True)
+    torch.save(dep.state_dict(), tmp_path / "deployed.pt")
+    torch.manual_seed(123)
+    other = deploy(_tiny("bicsnet_48", "classification", 4).eval(), fuse=True)  # different weights
+    assert not torch.allclose(other(x), dep(x))
+    other.load_state_dict(torch.load(tmp_path / "deployed.pt"))
+    with torch.no_grad():
+        torch.testing.assert_close(other(x), dep(x), rtol=1e-6, atol=1e-6)
 
 
 def test_fused_deploy_under_inference_mode() -> None:
@@ -217,7 +234,7 @@ def test_fused_deploy_under_inference_mode() -> None:
     x = torch.rand(1, 3, 64, 64)
     ref = _outputs(model, "backbone", x)
     with torch.inference_mode():
-        dep = deploy(model)
+        dep = deploy(model, fuse=True)
         out = tuple(dep(x).values())
         again = tuple(dep(x).values())
     _assert_close(out, ref)
@@ -227,7 +244,7 @@ def test_fused_deploy_under_inference_mode() -> None:
 def test_fused_deploy_exports_plain_operators() -> None:
     """torch.export (the ONNX / OpenVINO route) sees aten.convolution, never oneDNN's CPU-only operators."""
     model = _randomize(_tiny("bicsnet_48"))
-    dep = deploy(model)
+    dep = deploy(model, fuse=True)
     x = torch.rand(1, 3, 64, 64)
     program = torch.export.export(dep, (x,))
     targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
