@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -38,6 +37,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.transforms import v2
 
+from bicsnet.tools.runtimes import cpu_name
 from bicsnet.data import (
     CocoDetection,
     SegmentationFolder,
@@ -83,16 +83,6 @@ def _run(work: dict[str, Any], pipeline: str, seed: int, batch_size: int) -> tup
         if i == 0:
             first = _images(batch)
     return time.perf_counter() - start, first
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -152,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
         rows.append((work, rate, diff, times))
     load_after = os.getloadavg()
 
-    print(f"CPU: {_cpu_model()}, {os.cpu_count()} cores; torch {torch.__version__}, threads {torch.get_num_threads()}, "
+    print(f"CPU: {cpu_name()}, {os.cpu_count()} cores; torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")  # fmt: skip
     print(f"load average (1 min) before / after: {load_before[0]:.2f} / {load_after[0]:.2f}; "
           f"{args.passes} passes, batch {args.batch_size}, workers 0\n")  # fmt: skip

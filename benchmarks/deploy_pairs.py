@@ -15,7 +15,6 @@ per multiply-add relative to the baseline; issue #13's target is <= 1.10).
 from __future__ import annotations
 
 import argparse
-import platform
 
 import torch
 
@@ -25,7 +24,7 @@ from bicsnet.models.wrappers import NetworkOnly
 from bicsnet.tasks import TASKS
 from bicsnet.tools.bench import time_alternating
 from bicsnet.tools.flops import build_meta, model_macs
-from bicsnet.tools.runtimes import matrix_units
+from bicsnet.tools.runtimes import cpu_name, matrix_units
 
 # (pair, BiCSNet, baseline, task, size, classes): the pairs of benchmarks/deploy.md.
 PAIRS = {
@@ -34,17 +33,6 @@ PAIRS = {
     "seg-48": ("bicsnet_48", "deeplabv3_resnet50", "segmentation", 512, 21),
     "retinanet-48": ("bicsnet_48", "retinanet_resnet50_fpn", "detection", 640, 80),
 }
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _median(ts: list[float]) -> float:
@@ -59,7 +47,7 @@ def main() -> None:
     ap.add_argument("--out", help="also write the results as JSON here (default: print only)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    cpu = _cpu_name()
+    cpu = cpu_name()
     units = matrix_units()
     flags = ", ".join(k for k, v in units.items() if v is True) or "none"
     print(f"# {cpu}; {flags}; {args.threads} threads; torch {torch.__version__}")

@@ -30,7 +30,7 @@ bf16 on CPUs that have it: the layers NNCF leaves in float stay FP32), inside
 from __future__ import annotations
 
 import argparse
-import platform
+import os
 import re
 import statistics
 import sys
@@ -46,22 +46,20 @@ from bicsnet.io import atomic_write_json
 from bicsnet.metrics import coco_evaluation, detections_to_coco_results
 from bicsnet.models import load_checkpoint_model
 from bicsnet.tools.bench import time_alternating
-from bicsnet.tools.export import OnnxDetector, export_checkpoint
+from bicsnet.tools.export import OnnxDetector, OnnxModel, export_checkpoint
 from bicsnet.tools.quantize import calibration_inputs, images_from, quantize_onnx, quantize_openvino
-from bicsnet.tools.runtimes import OpenVinoModel, matrix_units, set_openvino_metadata
+from bicsnet.tools.runtimes import OpenVinoModel, cpu_name, matrix_units, set_openvino_metadata
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "strawberry"
 
 
 def cpu_description() -> dict[str, Any]:
     """The CPU's model name, its INT8 matrix / dot-product flags (avx512*, amx*, avx_vnni) and ``matrix_units()``."""
-    name = platform.processor() or platform.machine()
+    name = cpu_name()
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
         text = ""
-    m = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
-    name = m.group(1).strip() if m else name
     f = re.search(r"^flags\s*:\s*(.+)$", text, re.M)
     all_flags = set(f.group(1).split()) if f else set()
     flags = sorted(x for x in all_flags if x.startswith(("avx512", "amx")) or x == "avx_vnni")
@@ -105,7 +103,8 @@ def bench_run(run: Path, args: argparse.Namespace, work: Path) -> list[dict[str,
     fp32_onnx = work / f"{label}.onnx"
     if not (args.work_dir and fp32_onnx.is_file()):  # --work-dir keeps the export for the next run
         export_checkpoint(run / "model.safetensors", fp32_onnx)
-    det32 = OnnxDetector(fp32_onnx, threads=args.threads)
+    # FP32 and INT8 sessions are timed in turns: no busy-waiting idle threads (OnnxModel's spinning).
+    det32 = OnnxDetector(OnnxModel(fp32_onnx, args.threads, spinning=False))
     net_meta = det32.net.meta
     print(f"  exported in {time.perf_counter() - t:.0f} s", file=sys.stderr)
     calib = calibration_inputs("detection", images_from(args.calib_images), int(net_meta["img_size"]), net_meta, args.calib)
@@ -116,7 +115,7 @@ def bench_run(run: Path, args: argparse.Namespace, work: Path) -> list[dict[str,
     int8_onnx = work / f"{label}.int8.onnx"
     quantize_onnx(fp32_onnx, int8_onnx, calib)
     print(f"  onnxruntime INT8 in {time.perf_counter() - t:.0f} s", file=sys.stderr)
-    det8 = OnnxDetector(int8_onnx, threads=args.threads)
+    det8 = OnnxDetector(OnnxModel(int8_onnx, args.threads, spinning=False))
     n_q = sum(n.op_type == "QuantizeLinear" for n in onnx.load(str(int8_onnx)).graph.node)
     s32, s8 = det32.net.session, det8.net.session
     feed = {det32.net.input_name: x}
@@ -182,7 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{args.calib} calibration images; latency: network only, batch 1, median of {args.runs}\n")
     print(markdown(rows))
     if args.out is not None:
-        settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+        # Paths relative to the working directory (the repository root), as the commands give them.
+        settings = {k: os.path.relpath(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
         settings["run"] = [str(r) for r in args.run]
         atomic_write_json(args.out, {"cpu": cpu, "settings": settings, "rows": rows})
     return 0

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import time
 from typing import Callable
@@ -37,6 +36,7 @@ from torchvision.models.detection import ssdlite320_mobilenet_v3_large
 
 import bicsnet
 from bicsnet.tools.flops import count_macs, count_params
+from bicsnet.tools.runtimes import cpu_name
 
 LITE = [f"bicsnet_lite{i}" for i in range(4)]
 
@@ -101,7 +101,7 @@ def main() -> None:
         load1 = os.getloadavg()[0]
 
     print(
-        f"torch {torch.__version__}, torchvision {torchvision.__version__}, {platform.processor() or platform.machine()}, "
+        f"torch {torch.__version__}, torchvision {torchvision.__version__}, {cpu_name()}, "
         f"{torch.get_num_threads()} thread(s), batch 1, image {args.width}x{args.height} uint8, "
         f"median of {args.runs} runs after {args.warmup} warm-up, 1-min load average {load0:.1f} -> {load1:.1f} "
         f"on {os.cpu_count()} CPUs\n"

@@ -52,4 +52,4 @@ run maskrcnn --task instance --model bicsnet_48s "${COCO[@]}" --img-size 256 --e
 run maskrcnn-4ep --task instance --model bicsnet_48s "${COCO[@]}" --img-size 256 --epochs 4
 # BiCSNet-lite0 RetinaNet on strawberry, small-data recipe, 256 px, 35 epochs: the FP32 model
 # whose INT8 quantization benchmarks/deploy.md reports (box AP before and after).
-run lite0-small --model bicsnet_lite0 "${COCO[@]}" --img-size 256 --epochs 35
+run lite0-small --model bicsnet_lite0 "${COCO[@]}" --img-size 256 --epochs 35 --eval-every 5

@@ -43,6 +43,7 @@ from pathlib import Path
 import torch
 
 from bicsnet.tasks import TaskSpec, get_task, task_names
+from bicsnet.tools.runtimes import cpu_name
 
 #: Table columns by the task's headline metric (``TaskSpec.metric``, a path in
 #: metrics.json: ``bbox.AP`` reads ``AP``, ``AP50``, ``AP75`` of its ``bbox`` section).
@@ -194,22 +195,12 @@ def main() -> None:
 
     env = {
         "python": platform.python_version(), "torch": torch.__version__, "machine": platform.machine(),
-        "cpu": _cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": args.device,
+        "cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": args.device,
     }  # fmt: skip
     (out / "results.json").write_text(json.dumps({"args": vars(args), "env": env, "rows": rows}, indent=2) + "\n")
     print()
     print(table(spec, rows, flops_size, lat_size, args.img_size))
     print(f"\n{env}")
-
-
-def _cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def table(spec: TaskSpec, rows: list[dict], flops_size: int, lat_size: int, img_size: int) -> str:

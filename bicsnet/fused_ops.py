@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["FusedConv2d", "onednn_available", "use_onednn", "ACTIVATION_NAMES"]
+__all__ = ["InferenceOnly", "FusedConv2d", "onednn_available", "use_onednn", "ACTIVATION_NAMES"]
 
 #: Activation modules a fused convolution can apply, by oneDNN post-op name.
 ACTIVATION_NAMES: dict[type[nn.Module], str] = {nn.ReLU: "relu", nn.SiLU: "swish"}
@@ -87,7 +87,29 @@ class _Stored:
 _STORED = _Stored()
 
 
-class FusedConv2d(nn.Module):
+class InferenceOnly(nn.Module):
+    """Base of the modules :func:`bicsnet.deploy` builds: ``.train()`` raises, ``.eval()`` works.
+
+    A deployed copy has no BatchNorm left and keeps its weights as buffers, so an
+    optimiser over its ``parameters()`` would silently leave most of it untouched.
+    ``model.train()`` on a deployed copy therefore fails loudly instead.
+
+    Raises:
+        RuntimeError: from ``train(True)``.
+    """
+
+    def train(self, mode: bool = True) -> "InferenceOnly":
+        if mode:
+            # nn.Module.train() has already switched the modules before this one: say how to undo it.
+            raise RuntimeError(
+                "this model is a copy made by bicsnet.deploy(), for inference only (BatchNorm folded, weights "
+                f"stored as buffers; its {type(self).__name__} refused train()): train the original model and "
+                "deploy it again; .eval() puts this copy back in inference mode"
+            )
+        return super().train(False)
+
+
+class FusedConv2d(InferenceOnly):
     """``act(conv2d(x, W) + b + other)``: a convolution with an optional residual add and activation.
 
     Shapes as :class:`torch.nn.Conv2d` (``(N, C_in, H, W)`` -> ``(N, C_out,

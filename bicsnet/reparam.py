@@ -76,7 +76,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from .arch.backbone import BiCSNet
 from .arch.blocks import BottleneckBlock, ResidualBlock
 from .arch.layers import DropPath
-from .fused_ops import ACTIVATION_NAMES, FusedConv2d, use_onednn
+from .fused_ops import ACTIVATION_NAMES, FusedConv2d, InferenceOnly, onednn_available, use_onednn
 from .arch.fusion import GlobalContext, ResampleBranch, ResizeTo, SpatialFusionModule, resize_to
 from .models.heads import ClassificationHead, SegmentationHead
 from .models.lite_head import SeparableSubnet
@@ -191,7 +191,7 @@ def _exact_replication(src: torch.Tensor, size: tuple[int, int]) -> bool:
     return bool(statically_known_true(size[0] % h == 0) and statically_known_true(size[1] % w == 0))
 
 
-class DeployedBranch(nn.Module):
+class DeployedBranch(InferenceOnly):
     """One Spatial Fusion Module branch, split into a map and a per-image vector.
 
     ``forward(x, size)`` returns ``(y, v)`` with ``y + v[:, :, None, None]``
@@ -216,8 +216,8 @@ class DeployedBranch(nn.Module):
         self.pre = gc_pre if not self.has_down else None
         self.post = gc_post
         proj = branch.project
+        weight: torch.Tensor | None = None
         if isinstance(proj, nn.Identity):
-            self.weight = None
             self.bias = None
             self.out_scale = s
         else:
@@ -226,12 +226,13 @@ class DeployedBranch(nn.Module):
                 raise TypeError("deploy expects a folded 1x1 projection (fold_batchnorm first)")
             w = conv.weight.detach().flatten(1).double() * s
             b = (conv.bias.detach().double() if conv.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64)) * s
-            self.register_buffer("weight", w.float().reshape(conv.weight.shape))
+            weight = w.float().reshape(conv.weight.shape)
             self.register_buffer("bias", b.float())
             self.out_scale = 1.0
         # The projection without its bias (that goes into the per-image vector); a
         # FusedConv2d so DeployedFusion can chain the branch sum and activation into it.
-        self.proj = None if self.weight is None else FusedConv2d(self.weight, None)
+        # The weight is stored once, as proj.weight.
+        self.proj = None if weight is None else FusedConv2d(weight, None)
         # Global-context maps as float32 buffers: ctx = G m + g for the mean m
         # of the map the branch projects (derived below per case).
         self._set_context()
@@ -258,8 +259,8 @@ class DeployedBranch(nn.Module):
             A2, a2 = post
             G1 = A2.clone()
             G0, g = G0 + A2 @ G0, g + A2 @ g + a2
-        if self.weight is not None:
-            W = self.weight.double().flatten(1)
+        if self.proj is not None:
+            W = self.proj.weight.double().flatten(1)
             G0, G1, g = W @ G0, W @ G1, W @ g + self.bias.double()
         # Only an up-sampling branch can see two different means (uneven replication):
         # it keeps both maps; every other branch one combined map.
@@ -276,8 +277,8 @@ class DeployedBranch(nn.Module):
         for p in (self.pre, self.post):
             if p is not None:
                 return p[0].shape[0]
-        if self.weight is not None:
-            return self.weight.shape[1]
+        if self.proj is not None:
+            return self.proj.weight.shape[1]
         raise ValueError("a branch without projection or global context has no width to infer")
 
     def forward(self, x: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -307,11 +308,11 @@ class DeployedBranch(nn.Module):
             else:
                 v = torch.addmm(self.ctx_bias, m0, self.ctx_weight)
         else:
-            v = None if self.weight is None else self.bias.expand(z.shape[0], -1)
+            v = None if self.bias is None else self.bias.expand(z.shape[0], -1)
         return z, v
 
 
-class DeployedFusion(nn.Module):
+class DeployedFusion(InferenceOnly):
     """A Spatial Fusion Module of :class:`DeployedBranch` es: maps summed, vectors summed and added once.
 
     Same inputs and output as :class:`~bicsnet.arch.fusion.SpatialFusionModule`
@@ -446,7 +447,7 @@ def merge_max_pools(seq: nn.Sequential) -> nn.Sequential:
 # --------------------------------------------------------------------------- lite subnets
 
 
-class LevelFoldedSubnet(nn.Module):
+class LevelFoldedSubnet(InferenceOnly):
     """A :class:`~bicsnet.models.lite_head.SeparableSubnet` with its per-level BNs folded into per-level convs.
 
     The subnet shares each separable convolution across levels and normalises
@@ -488,7 +489,7 @@ def _fold_lite_subnets(model: nn.Module) -> None:
 # --------------------------------------------------------------------------- heads
 
 
-class DeployedClassificationHead(nn.Module):
+class DeployedClassificationHead(InferenceOnly):
     """:class:`~bicsnet.models.heads.ClassificationHead` (Section IV-C) from the levels' means.
 
     ``{p3..p7: (N, C, H_l, W_l)}`` -> logits ``(N, K)``. The mean of a level
@@ -511,7 +512,7 @@ class DeployedClassificationHead(nn.Module):
         return self.fc(self.dropout(x / len(maps)))
 
 
-class DeployedSegmentationHead(nn.Module):
+class DeployedSegmentationHead(InferenceOnly):
     """:class:`~bicsnet.models.heads.SegmentationHead` (Section IV-B) summing the levels in place.
 
     ``{p3..p7}`` -> logits ``(N, K, H_3, W_3)``: the levels are up-sampled and
@@ -564,7 +565,7 @@ def _folded_head(head: SegmentationHead) -> bool:
 # --------------------------------------------------------------------------- fused convolutions
 
 
-class FusedResidual(nn.Module):
+class FusedResidual(InferenceOnly):
     """A residual block as ``last(pre(x), other=shortcut(x))``: the add and activation are the last convolution's post-ops.
 
     ``(N, C_in, H, W)`` -> ``(N, C_out, H', W')``, equal to the block it
@@ -704,7 +705,11 @@ def deploy(model: nn.Module, *, horizontal: bool = True, fuse: bool = True) -> n
 
     Works on any bicsnet model and on torchvision models (for those, only BN
     folding applies). The original is not modified. The copy is for
-    inference only: training it is not supported (BN statistics are gone).
+    inference only: training it is not supported (BN statistics are gone), and
+    ``.train()`` on it raises RuntimeError wherever it holds a rewritten module
+    (:class:`~bicsnet.fused_ops.InferenceOnly`: every bicsnet model, and every
+    model with ``fuse=True``; a torchvision model deployed with ``fuse=False``
+    is only BN-folded and keeps trainable convolutions).
     ``horizontal=False`` skips the shared 1x1 convolutions (rewrite 2 in the
     module docstring); ``fuse=False`` leaves out rewrite 7, the oneDNN fused
     convolutions (:class:`~bicsnet.fused_ops.FusedConv2d`; x1.2-1.3 faster
@@ -714,8 +719,10 @@ def deploy(model: nn.Module, *, horizontal: bool = True, fuse: bool = True) -> n
         The deployed copy, in eval mode; its ``deploy_report`` attribute counts
         what was rewritten: ``batchnorms_folded``, ``batchnorms_left``,
         ``pointwise_convs_merged``, ``fusion_branches_rewritten``,
-        ``convolutions_fused`` and ``heads_rewritten`` (classification / segmentation heads; detection
-        heads are only BN-folded). The rewritten branches keep their combined
+        ``convolutions_fused``, ``heads_rewritten`` (classification / segmentation heads; detection
+        heads are only BN-folded) and ``onednn`` (bool: whether this PyTorch build runs the fused
+        convolutions as oneDNN calls for float32 CPU inputs; where false, or on other inputs, the
+        same modules run the plain operators). The rewritten branches keep their combined
         weights as buffers, so ``parameters()`` of the copy counts fewer tensors
         than it runs; it is not for training. Its ``state_dict()`` holds every
         tensor it computes with: ``deploy(fresh_model).load_state_dict(sd)``
@@ -725,7 +732,7 @@ def deploy(model: nn.Module, *, horizontal: bool = True, fuse: bool = True) -> n
     out = copy.deepcopy(model).eval()
     _fold_lite_subnets(out)
     out = fold_batchnorm(out)
-    report: dict[str, int] = {"batchnorms_folded": bn_before - count_batchnorms(out)}
+    report: dict[str, int | bool] = {"batchnorms_folded": bn_before - count_batchnorms(out)}
     merged = branches = 0
     for module in list(out.modules()):
         if not isinstance(module, BiCSNet):
@@ -748,6 +755,8 @@ def deploy(model: nn.Module, *, horizontal: bool = True, fuse: bool = True) -> n
     report["pointwise_convs_merged"] = merged
     report["fusion_branches_rewritten"] = branches
     report["batchnorms_left"] = count_batchnorms(out)
+    # Whether the fused convolutions run as oneDNN calls here (float32 CPU inference); else plain operators.
+    report["onednn"] = bool(fuse and report["convolutions_fused"] and onednn_available())
     out.deploy_report = report  # type: ignore[assignment]
     return out.eval()
 

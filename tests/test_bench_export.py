@@ -81,6 +81,48 @@ def test_bench_detector_and_fast_path() -> None:
     assert "network latency, fold (ms)" in format_table(res)
 
 
+def test_bench_refuses_a_one_image_training_batch_before_timing(capsys: pytest.CaptureFixture[str]) -> None:
+    from bicsnet.errors import ConfigError
+    from bicsnet.tools.bench import ModelSpec, run_bench
+
+    # At 64 px the coarsest level is 1x1: BatchNorm cannot train on one image there.
+    spec = ModelSpec("bicsnet_48", "classification", 64, 3, dict(TINY))
+    said: list[str] = []
+    with pytest.raises(ConfigError, match="--train-batch 1: .* at least 2 images"):
+        run_bench(spec, None, warmup=0, iters=1, batch=1, train_batch=1, train_iters=1, memory=False, log=said.append)
+    assert said == []  # refused before the first timing phase, not after all of them
+    argv = ["bench", "--model", "bicsnet_48", "--task", "classification", "--img-size", "64", "--set", "width_mult=0.125",
+            "--set", "endpoint_channels=16", "--train-batch", "1", "--iters", "1", "--warmup", "0"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--train-batch 1" in err and "network latency" not in err
+
+
+def test_machine_description_starts_no_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    # platform.processor() starts a `uname -p` process from a process whose OpenVINO / oneDNN /
+    # onnxruntime thread pools run (a long pytest process crashed inside it). The CPU's name
+    # comes from /proc/cpuinfo, with no process started, in bench and every benchmark script.
+    import platform
+    import subprocess
+
+    from bicsnet.tools.bench import _machine
+    from bicsnet.tools.runtimes import cpu_name
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("started a process")
+
+    monkeypatch.setattr(platform, "processor", refuse)
+    monkeypatch.setattr(subprocess, "Popen", refuse)
+    info = _machine(torch.device("cpu"))
+    assert info["cpu"] == cpu_name() and info["cpu"]
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
+    except OSError:
+        names = []
+    assert cpu_name() == (names[0] if names else platform.machine() or "unknown")
+
+
 def test_bench_user_errors() -> None:
     assert main(["bench", "--pair", "nope"]) == 2
     assert main(["bench"]) == 2
@@ -134,6 +176,13 @@ def test_onnx_backbone_dynamic_and_classifier(tmp_path) -> None:
         ref = cls(x)
     (got,) = OnnxModel(path)(x)
     assert got.shape == (2, 10) and _close(got, ref)
+    # Timed in turns (bench, int8.py): no busy-waiting idle threads; onnxruntime's default otherwise.
+    quiet, default = OnnxModel(path, spinning=False), OnnxModel(path)
+    entry = "session.intra_op.allow_spinning"
+    assert quiet.session.get_session_options().get_session_config_entry(entry) == "0"
+    with pytest.raises(RuntimeError, match="does not have configuration"):  # unset: onnxruntime spins
+        default.session.get_session_options().get_session_config_entry(entry)
+    assert _close(quiet(x)[0], ref)
 
 
 def _detector_checkpoint(tmp_path, size: int = 256):

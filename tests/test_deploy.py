@@ -200,6 +200,12 @@ def test_fused_deploy_rewrites_residual_blocks_and_matches_unfused() -> None:
     x = torch.rand(1, 3, 96, 80)
     fused, plain = deploy(model), deploy(model, fuse=False)
     assert fused.deploy_report["convolutions_fused"] > 0 and plain.deploy_report["convolutions_fused"] == 0
+    assert fused.deploy_report["onednn"] is bicsnet.fused_ops.onednn_available() and plain.deploy_report["onednn"] is False
+    for copy_ in (fused, plain):  # inference-only: training would silently skip the buffers
+        with pytest.raises(RuntimeError, match=r"copy made by bicsnet.deploy\(\), for inference only.*\.eval\(\) puts"):
+            copy_.train()
+        assert copy_.eval() is copy_ and not any(m.training for m in copy_.modules())
+        _assert_close(_outputs(copy_, "backbone", x), _outputs(plain, "backbone", x))
     assert any(isinstance(m, FusedResidual) for m in fused.modules())
     assert not any(isinstance(m, FusedResidual) for m in plain.modules())
     if bicsnet.fused_ops.onednn_available():
@@ -219,7 +225,11 @@ def test_deployed_state_dict_restores_the_deployed_copy(tmp_path) -> None:
     x = torch.rand(1, 3, 64, 64)
     trained = _randomize(_tiny("bicsnet_48", "classification", 4))
     dep = deploy(trained, fuse=True)
-    torch.save(dep.state_dict(), tmp_path / "deployed.pt")
+    sd = dep.state_dict()
+    # Each folded projection is stored once (as its FusedConv2d's weight), not also on its branch.
+    assert any(k.endswith(".proj.weight") for k in sd)
+    assert not [k for k in sd if k.endswith(".weight") and k[: -len(".weight")] + ".proj.weight" in sd]
+    torch.save(sd, tmp_path / "deployed.pt")
     torch.manual_seed(123)
     other = deploy(_tiny("bicsnet_48", "classification", 4).eval(), fuse=True)  # different weights
     assert not torch.allclose(other(x), dep(x))

@@ -271,6 +271,45 @@ def test_lite_detector_train_step_and_eval() -> None:
         assert (d["boxes"][:, 2] <= img.shape[2]).all() and (d["boxes"][:, 3] <= img.shape[1]).all()
 
 
+@pytest.mark.parametrize("head_norm", ["bn", "gn"])  # the model's default, and the small-data recipe's
+def test_lite_detector_learns_to_fit_a_few_boxes(head_norm: str) -> None:
+    # Both subnets must train from their initialisation. With N(0, 0.01) on both halves of every
+    # separable convolution (RetinaNet's init for dense convolutions) the predictor started at a
+    # saddle: here the class loss fell 2% in 25 steps, and BiCSNet-lite0 trained 35 epochs on
+    # strawberry without a single detection. Fixed: EfficientDet's fan-in variance scaling.
+    torch.manual_seed(0)
+    m = tiny("bicsnet_lite0", "detection", 2, img_size=128, head_norm=head_norm).train()
+    g = torch.Generator().manual_seed(0)
+    images, targets = [], []
+    for i in range(4):  # a bright box on a dark, noisy background; two classes
+        img = torch.rand(3, 128, 128, generator=g) * 0.2
+        x0, y0 = 10 + 20 * i, 20 + 5 * i
+        img[:, y0 : y0 + 50, x0 : x0 + 40] += 0.7
+        images.append(img)
+        targets.append({"boxes": torch.tensor([[x0, y0, x0 + 40.0, y0 + 50.0]]), "labels": torch.tensor([1 + i % 2])})
+    opt = torch.optim.SGD(m.parameters(), lr=0.02, momentum=0.9)
+    first = None
+    for _ in range(25):
+        losses = m(images, targets)
+        first = first or {k: v.item() for k, v in losses.items()}
+        opt.zero_grad()
+        sum(losses.values()).backward()
+        opt.step()
+    last = {k: v.item() for k, v in m(images, targets).items()}
+    # Measured: class 1.14 -> 0.44, box 0.67 -> 0.12 (with the old init 1.14 -> 1.11 and 0.66 -> 0.33).
+    assert last["classification"] < 0.6 * first["classification"], (first, last)
+    assert last["bbox_regression"] < 0.3 * first["bbox_regression"], (first, last)
+
+
+def test_separable_head_init_is_efficientdets() -> None:
+    m = tiny("bicsnet_lite0", "detection", 3)
+    for subnet in (m.head.classification_head.subnet, m.head.regression_head.subnet):
+        for conv in [c for sep in subnet.convs for c in sep] + [subnet.predictor[0]]:
+            fan_in = conv.in_channels // conv.groups * 9 if conv.kernel_size == (3, 3) else conv.in_channels
+            assert conv.weight.std().item() == pytest.approx(fan_in**-0.5, rel=0.35)
+        assert subnet.predictor[1].weight.std().item() == pytest.approx(0.01, rel=0.35)
+
+
 def test_separable_head_contract() -> None:
     m = tiny("bicsnet_lite3", "detection", 7, focal_alpha=0.3, focal_gamma=2.0)
     cls = m.head.classification_head

@@ -236,3 +236,23 @@ def test_bench_runtime_end_to_end_detector_matches_eager() -> None:
     _assert_same_detections(ref, got)
     tv = ModelSpec("tv:resnet18", "classification", 64, 5)
     assert _runtime_e2e(Workload(tv, build_model(tv), torch.device("cpu"), 1, 2), "torch", 1) is None  # no export: no e2e
+
+
+def test_bench_runners_do_not_busy_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bench times its runtime sessions in turns: onnxruntime's idle threads must not spin (OnnxModel's spinning)."""
+    import bicsnet.tools.runtimes as runtimes
+    from bicsnet.tools.bench import ModelSpec, Workload, _runtime_latency, build_model
+
+    spinning: list[bool] = []
+    real = runtimes.network_runner
+
+    def spy(*args: object, **kwargs: object):  # noqa: ANN202
+        spinning.append(bool(kwargs.get("spinning", True)))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runtimes, "network_runner", spy)
+    spec = ModelSpec("bicsnet_48", "detection", 128, 3, {**TINY, "head_norm": "gn"})
+    w = Workload(spec, build_model(spec, score_thresh=0.0), torch.device("cpu"), 1, 2)
+    (times,) = _runtime_latency([w], "torch", 0, 1)
+    assert spinning == [False, False]  # the network-only runner and the end-to-end one
+    assert times["net_ms"] > 0 and times["e2e_ms"] > 0

@@ -312,3 +312,34 @@ def test_batchnorm_file_into_a_groupnorm_head_says_why(tmp_path, caplog) -> None
     with caplog.at_level("WARNING", logger="bicsnet.weights"):
         bicsnet.create_model(MODEL, "detection", 3, head_norm="gn", pretrained=tmp_path / "bn.pth")
     assert any(r.levelname == "WARNING" and "unexpected" in r.getMessage() for r in caplog.records)
+
+
+def test_a_runs_file_rebuilds_the_model_it_was_trained_as(tmp_path, caplog) -> None:
+    """create_model(pretrained=<a run's model.safetensors>), the README's route, builds the model with the options
+    the file records: a small-data-recipe run (GroupNorm head) used to come back with a BatchNorm head holding the
+    GroupNorm affine weights and fresh running statistics, a silently different model, with a warning only."""
+    from bicsnet.engine.checkpoint import save_model
+
+    torch.manual_seed(0)
+    trained = bicsnet.create_model(MODEL, "detection", 3, head_norm="gn").eval()
+    run = tmp_path / "run"
+    run.mkdir()
+    # What a run writes (bicsnet.models.factory.model_meta): the model's own description first.
+    meta = {"model": dict(trained.bicsnet_config), "task": "detection", "img_size": 128, "num_classes": 3}
+    save_model(run / "model.safetensors", trained, meta)
+    for where in (run / "model.safetensors", run):  # the file, or the run directory
+        caplog.clear()
+        with caplog.at_level("INFO", logger="bicsnet.weights"):
+            again = bicsnet.create_model(MODEL, "detection", 3, pretrained=where).eval()
+        assert again.bicsnet_config["overrides"] == {"head_norm": "gn"}
+        assert not [r for r in caplog.records if r.levelname == "WARNING"]  # every tensor found its place
+        a, b = trained.state_dict(), again.state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # Options given explicitly win (and the partial load is warned about, as before).
+    with caplog.at_level("WARNING", logger="bicsnet.weights"):
+        bn = bicsnet.create_model(MODEL, "detection", 3, head_norm="bn", pretrained=run)
+    assert bn.bicsnet_config["overrides"]["head_norm"] == "bn"
+    assert any(r.levelname == "WARNING" and "missing" in r.getMessage() for r in caplog.records)
+    # Another model's or task's file lends no options: only its tensors that fit.
+    cls = bicsnet.create_model(MODEL, "classification", 3, pretrained=run)
+    assert "head_norm" not in cls.bicsnet_config["overrides"]

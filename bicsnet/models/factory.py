@@ -47,7 +47,9 @@ def create_model(
         pretrained: a weights file to initialise the whole model from: ``.safetensors``
             (bicsnet's or any), or a ``.pth`` / ``.pt`` / ``.bin`` state dict, possibly wrapped
             or prefixed (:func:`bicsnet.weights.load_weights`; its report is logged to
-            ``bicsnet.weights``). No published BiCSNet weights exist, so there is no ``True``
+            ``bicsnet.weights``). A bicsnet file of the same model and task (a run's
+            ``model.safetensors``) also supplies the options it was built with (e.g.
+            ``head_norm="gn"`` from the small-data recipe); ``options`` given here win. No published BiCSNet weights exist, so there is no ``True``
             (``False``, timm's "none", is accepted).
         strict_weights: refuse ``pretrained`` unless every tensor fits; otherwise tensors
             that do not fit (a head of another class count) are skipped and reported.
@@ -71,6 +73,15 @@ def create_model(
         raise ConfigError(f"{name} supports task(s) {', '.join(entry.tasks)}, not {task!r}")
     if spec.needs_classes and (num_classes is None or int(num_classes) < 1):
         raise ConfigError(f"task {task!r} needs num_classes >= 1, got {num_classes}")
+    if pretrained is not None:
+        # A bicsnet weights file of this model and task describes how it was built (e.g. the
+        # small-data recipe's GroupNorm head): build it that way, explicit options winning, so
+        # its tensors land where they were trained (a BatchNorm head would take the GroupNorm
+        # affine weights and keep fresh running statistics: a silently different model).
+        built_with = _file_options(name, task, pretrained)
+        options = {**built_with, **options}
+        if built_with:
+            logging.getLogger("bicsnet.weights").info("pretrained %s: built with the file's options %s", pretrained, built_with)
     model = entry.fn(task, None if num_classes is None else int(num_classes), **options)
     model.bicsnet_config = {"name": name, "task": task, "num_classes": num_classes, "overrides": dict(options)}
     if pretrained is not None:
@@ -81,6 +92,21 @@ def create_model(
         level = logging.WARNING if report.problems() else logging.INFO
         logging.getLogger("bicsnet.weights").log(level, "pretrained %s: %s", pretrained, report.summary())
     return model
+
+
+def _file_options(name: str, task: str, path: str | os.PathLike) -> dict[str, Any]:
+    """The options a bicsnet ``.safetensors`` file records for model ``name`` on ``task`` (``{}`` for other files)."""
+    from ..engine.checkpoint import read_model_meta, sniff_format  # local, as in create_model
+    from ..weights import weights_path
+
+    file = weights_path(path)
+    if not file.is_file() or sniff_format(file) != "safetensors":
+        return {}  # a torch.save file, or a missing one: load_weights says what is wrong
+    described = read_model_meta(file, require_meta=False).get("model")
+    if not isinstance(described, Mapping) or described.get("name") != name or described.get("task") != task:
+        return {}
+    overrides = described.get("overrides") or {}
+    return dict(overrides) if isinstance(overrides, Mapping) else {}
 
 
 def create_model_from_config(config: Mapping[str, Any]) -> nn.Module:

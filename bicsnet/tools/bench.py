@@ -50,7 +50,7 @@ import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -322,6 +322,21 @@ class Workload:
 # --------------------------------------------------------------------------- timing and memory
 
 
+@contextlib.contextmanager
+def _train_batch_checked(train_batch: int) -> Iterator[None]:
+    """Turn BatchNorm's one-value-per-channel error in a training step into a ConfigError naming ``--train-batch``."""
+    try:
+        yield
+    except ValueError as e:
+        if "more than 1 value per channel" not in str(e):
+            raise
+        # BatchNorm in training mode on a 1x1 map (the coarsest level of a small input) needs 2+ images.
+        raise ConfigError(
+            f"--train-batch {train_batch}: a training step needs at least 2 images at this input size "
+            "(BatchNorm on the coarsest 1x1 maps); use --train-batch 2 or more"
+        ) from None
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -425,18 +440,11 @@ def peak_memory_mb(fn: Callable[[], Any], device: torch.device) -> float | None:
 
 
 def _machine(device: torch.device) -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    from .runtimes import matrix_units
+    from .runtimes import cpu_name, matrix_units
 
     info = {
         "device": str(device),
-        "cpu": cpu,
+        "cpu": cpu_name(),
         "matrix_units": matrix_units(),
         "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
@@ -475,7 +483,7 @@ def _runtime_e2e(w: Workload, runtime: str, threads: int | None) -> Callable[[],
     model = w.model.cpu()
     module, _, _ = export_module(model, w.spec.task)
     x = example_input(model, w.spec.img_size, 1, False)
-    run = network_runner(module, x, runtime, threads=threads)
+    run = network_runner(module, x, runtime, threads=threads, spinning=False)
     meta = {**detection_metadata(model), "img_size": w.spec.img_size, "input_size": list(x.shape[-2:]), "batch": 1, "dynamic": False}
     det = OnnxDetector(_WithMeta(run, meta))
     image = w.image.float().div(255)
@@ -511,7 +519,8 @@ def _runtime_latency(works: Sequence[Workload], runtime: str, warmup: int, iters
         try:
             net = NetworkOnly(w.model.to(dev), TASKS[w.spec.task].network).eval()
             x = w.x1.to(dev)
-            run = network_runner(net, x, runtime, threads=threads)
+            # No busy-waiting onnxruntime threads: the runners are timed in turns on shared cores.
+            run = network_runner(net, x, runtime, threads=threads, spinning=False)
             net_fn = lambda run=run, x=x: run(x)  # noqa: E731
             e2e_fn = _runtime_e2e(w, runtime, threads)
         except ConfigError:
@@ -579,6 +588,11 @@ def run_bench(
         gm, pm = model_gmacs(s)
         results[role] = {**asdict(s), "gmacs": round(gm, 3), "params_m": round(pm, 3)}
 
+    if train_batch < 2:  # refuse a batch BatchNorm cannot train on before minutes of timing, not after
+        with _train_batch_checked(train_batch):
+            for w in works:
+                w.make_train_step()()
+
     say("network latency (batch 1)")
     ts = time_alternating([lambda w=w: w.network_fn()(w.x1) for w in works], warmup, iters, device)
     for role, t in zip(roles, ts):
@@ -594,16 +608,8 @@ def run_bench(
     say(f"training step (batch {train_batch})")
     steps = [w.make_train_step() for w in works]
     n_train = train_iters if train_iters is not None else max(1, min(iters, 3))
-    try:
+    with _train_batch_checked(train_batch):
         ts = time_alternating(steps, 1, n_train, device)
-    except ValueError as e:
-        if "more than 1 value per channel" not in str(e):
-            raise
-        # BatchNorm in training mode on a 1x1 map (the coarsest level of a small input) needs 2+ images.
-        raise ConfigError(
-            f"--train-batch {train_batch}: a training step needs at least 2 images at this input size "
-            "(BatchNorm on the coarsest 1x1 maps); use --train-batch 2 or more"
-        ) from None
     for role, t in zip(roles, ts):
         results[role]["train_ips"] = round(train_batch / statistics.median(t), 2)
     if not memory:

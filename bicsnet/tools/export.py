@@ -486,9 +486,25 @@ def postprocess_detections(
 
 
 class OnnxModel:
-    """An exported graph in onnxruntime: ``model(x)`` -> list of numpy-backed tensors."""
+    """An exported graph in onnxruntime: ``model(x)`` -> list of numpy-backed tensors.
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = None, providers: Sequence[str] = ("CPUExecutionProvider",)) -> None:
+    ``spinning=False`` stops the session's idle worker threads from busy-waiting
+    after each call (onnxruntime's ``session.intra_op.allow_spinning``). Keep
+    onnxruntime's default (True) for one model serving calls back to back; turn
+    it off when several sessions or other work share the cores, as in an
+    alternating benchmark: there, a spinning idle session took about a quarter
+    of the cores from the one being timed (cls-48 and ResNet-50 on 2 cores: 101 /
+    90 ms spinning, 75 / 63 ms not; ``benchmarks/deploy.md``).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        threads: int | None = None,
+        providers: Sequence[str] = ("CPUExecutionProvider",),
+        *,
+        spinning: bool = True,
+    ) -> None:
         try:
             import onnx
             import onnxruntime as ort
@@ -501,6 +517,8 @@ class OnnxModel:
         threads = threads or torch.get_num_threads()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+        if not spinning:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), opts, providers=list(providers))
         proto = onnx.load(str(path), load_external_data=False)
         self.meta = decode_metadata((p.key, p.value) for p in proto.metadata_props)

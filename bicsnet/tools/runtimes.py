@@ -29,6 +29,7 @@ import contextlib
 import importlib
 import importlib.util
 import os
+import platform
 import tempfile
 import warnings
 from pathlib import Path
@@ -66,6 +67,7 @@ __all__ = [
     "network_runner",
     "load_exported",
     "matrix_units",
+    "cpu_name",
 ]
 
 #: Runtimes of ``bicsnet bench --runtime`` and :func:`network_runner`.
@@ -314,12 +316,15 @@ def network_runner(
     threads: int | None = None,
     precision: str = "default",
     simplify: bool = True,
+    spinning: bool = True,
 ) -> Callable[[Tensor], Any]:
     """``module`` (one (B, 3, H, W) input, e.g. :class:`~bicsnet.models.wrappers.NetworkOnly`) as a runner on ``runtime``.
 
     The graph is static at ``example``'s shape. ``workdir`` holds the
     intermediate ONNX file (default: a temporary folder, removed at once
-    after the session has loaded it). ``precision`` is OpenVINO's (:class:`OpenVinoModel`).
+    after the session has loaded it). ``precision`` is OpenVINO's (:class:`OpenVinoModel`);
+    ``spinning`` onnxruntime's (:class:`~bicsnet.tools.export.OnnxModel`: False when
+    runners are timed in turns).
 
     Raises:
         ConfigError: an unknown runtime, or one whose libraries (or GPU) are missing.
@@ -348,7 +353,7 @@ def network_runner(
     with tempfile.TemporaryDirectory(prefix="bicsnet-runtime-", dir=workdir) as tmp:
         path = _export_network_onnx(module.cpu(), example.cpu(), Path(tmp) / "network.onnx", simplify)
         require("onnxruntime", "onnxruntime", "the onnxruntime runtime")
-        return OnnxModel(path, threads, providers)
+        return OnnxModel(path, threads, providers, spinning=spinning)
 
 
 def load_exported(
@@ -381,6 +386,22 @@ def load_exported(
 
 
 # --------------------------------------------------------------------------- machine
+
+
+def cpu_name() -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` (e.g. ``"AMD EPYC 7B13"``), else ``platform.machine()``.
+
+    Never ``platform.processor()``: on Linux that starts a ``uname -p`` process (which
+    answers only ``x86_64``) from a process whose OpenVINO, oneDNN and onnxruntime thread
+    pools are running; a long pytest process crashed there (the crash has a cause
+    elsewhere, ``docs/reliability.md``, but no process is needed to read one file).
+    """
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    return platform.machine() or "unknown"
 
 
 def matrix_units() -> dict[str, Any]:
