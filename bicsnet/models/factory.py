@@ -49,7 +49,8 @@ def create_model(
             or prefixed (:func:`bicsnet.weights.load_weights`; its report is logged to
             ``bicsnet.weights``). A bicsnet file of the same model and task (a run's
             ``model.safetensors``) also supplies the options it was built with (e.g.
-            ``head_norm="gn"`` from the small-data recipe); ``options`` given here win. No published BiCSNet weights exist, so there is no ``True``
+            ``head_norm="gn"`` from the small-data recipe); ``options`` given here win.
+            No published BiCSNet weights exist, so there is no ``True``
             (``False``, timm's "none", is accepted).
         strict_weights: refuse ``pretrained`` unless every tensor fits; otherwise tensors
             that do not fit (a head of another class count) are skipped and reported.
