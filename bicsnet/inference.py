@@ -38,6 +38,7 @@ import re
 import shutil
 import sys
 import tempfile
+from collections import Counter
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -103,6 +104,20 @@ class PredictionRun(list):
     def __init__(self, predictions: Sequence[Prediction] = (), run_files: Sequence[Path] = ()) -> None:
         super().__init__(predictions)
         self.run_files = list(run_files)
+
+    def summary(self) -> str:
+        """One line: how many images (video frames count one each) and what was found, most frequent class first.
+
+        ``"3 image(s): strawberry x5, flower x1; nothing found in 1"``: a detector's
+        kept detections, a classifier's top-1 classes, a segmenter's images per class
+        present (:attr:`~bicsnet.tasks.Prediction.found`); ``"3 image(s): nothing found"``.
+        """
+        counts = Counter(name for p in self for name in p.found)
+        found = ", ".join(f"{name} x{n}" for name, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+        empty = sum(1 for p in self if not p.found)
+        if not found:
+            return f"{len(self)} image(s): nothing found"
+        return f"{len(self)} image(s): {found}" + (f"; nothing found in {empty}" if empty else "")
 
 
 # --------------------------------------------------------------------------- inputs

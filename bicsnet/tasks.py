@@ -78,6 +78,7 @@ class Prediction:
     mask: Image.Image | None = None
     files: list[Path] = field(default_factory=list)  # what bicsnet.predict wrote for it
     detections: dict[str, Tensor] | None = None  # a detector's kept boxes/scores/labels(/masks), CPU, for predictions.coco.json
+    found: list[str] = field(default_factory=list)  # class names: each kept detection, the top-1 class, or each class present
 
 
 @dataclass(frozen=True)
@@ -408,7 +409,7 @@ def _predict_detection(
             ]
         }
         pic = draw_detections(image.cpu(), det["boxes"], det["labels"], det["scores"], names, det.get("masks"), score_thresh)
-        preds.append(Prediction(record, pic, detections=det))
+        preds.append(Prediction(record, pic, detections=det, found=[d["class_name"] for d in record["detections"]]))
     return preds
 
 
@@ -430,7 +431,7 @@ def _predict_segmentation(
         pic = overlay_segmentation(image.cpu(), pred, max(len(names), int(pred.max()) + 1))
         mask = Image.fromarray(pred.to(torch.uint8).numpy())
         mask.putpalette(voc_palette())  # 'L' -> 'P': the VOC label PNG format
-        preds.append(Prediction(record, pic, mask))
+        preds.append(Prediction(record, pic, mask, found=list(record["pixels_per_class"])))
     return preds
 
 
@@ -452,7 +453,7 @@ def _predict_classification(
                 for v, i in zip(top.values.tolist(), top.indices.tolist())
             ]
         }
-        preds.append(Prediction(record))
+        preds.append(Prediction(record, found=[record["top5"][0]["class_name"]]))
     return preds
 
 

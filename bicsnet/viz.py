@@ -134,8 +134,10 @@ def plot_loss_curve(rows: Sequence[dict[str, Any]], out_png: str | os.PathLike, 
                 ys.append(v)
         ax.plot(xs, ys, linewidth=1.2)
         ax.set_ylabel(key)
-        if key == "lr" or (ys and min(ys) > 0 and max(ys) / min(ys) > 1e3):
-            ax.set_yscale("log")  # learning rates and early losses span decades
+        # Learning rates and early losses span decades; a log axis needs a positive value
+        # (a one-step run logs lr 0 at the start of its warm-up).
+        if (key == "lr" and any(y > 0 for y in ys)) or (ys and min(ys) > 0 and max(ys) / min(ys) > 1e3):
+            ax.set_yscale("log")
         ax.grid(True, alpha=0.3)
     axes[-1].set_xlabel("step")
     fig.tight_layout()

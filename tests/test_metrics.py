@@ -5,8 +5,10 @@ import contextlib
 import copy
 import io
 import json
+import logging
 import math
 import types
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -256,12 +258,20 @@ class _NoDetections(torch.nn.Module):
         ]  # fmt: skip
 
 
-def test_detection_task_keeps_minus_one_without_detections() -> None:
+def test_detection_task_keeps_minus_one_without_detections(caplog: pytest.LogCaptureFixture) -> None:
     dataset = types.SimpleNamespace(coco=make_coco(_gt(*_MEDIUM_GT)), cat_ids=[1, 3, 5])
     image = torch.rand(3, _H, _W)
     loader = [([image] * 2, [{"image_id": 1}, {"image_id": torch.tensor(2)}]), ([image], [{"image_id": 7}])]
-    result = DetectionTask(with_masks=None).evaluate(_NoDetections(), loader, torch.device("cpu"), dataset)
+    model = _NoDetections()
+    model.score_thresh = 0.05  # as torchvision's RetinaNet
+    with caplog.at_level(logging.WARNING, logger="bicsnet.engine.adapters"):
+        result = DetectionTask(with_masks=None).evaluate(model, loader, torch.device("cpu"), dataset)
     assert set(result.metrics) == {"bbox", "segm"} and result.artifacts["detections.json"] == []
+    # AP 0 is explained, not just printed.
+    assert [r.getMessage().split(", so")[0] for r in caplog.records] == [
+        "no detections on 3 image(s): no box scored at or above the model's score threshold (0.05)"
+    ]
+    caplog.clear()
     for iou_type in ("bbox", "segm"):
         m = result.metrics[iou_type]
         _assert_stats_equal(m, _pycocotools(_gt(*_MEDIUM_GT), [], iou_type))
@@ -269,8 +279,10 @@ def test_detection_task_keeps_minus_one_without_detections() -> None:
     # An empty validation set: -1 everywhere; a mask task still reports segm.
     empty = types.SimpleNamespace(coco=make_coco({"images": [], "annotations": [], "categories": copy.deepcopy(_CATS)}),
                                   cat_ids=[1, 3, 5])  # fmt: skip
-    result = DetectionTask(with_masks=True).evaluate(_NoDetections(), [], torch.device("cpu"), empty)
+    with caplog.at_level(logging.WARNING, logger="bicsnet.engine.adapters"):
+        result = DetectionTask(with_masks=True).evaluate(_NoDetections(), [], torch.device("cpu"), empty)
     assert set(result.metrics) == {"bbox", "segm"}
+    assert not caplog.records  # no image, nothing to explain
     assert all(result.metrics[t][k] == -1.0 for t in ("bbox", "segm") for k in COCO_STAT_NAMES)
     result = DetectionTask(with_masks=False).evaluate(_NoDetections(), [], torch.device("cpu"), empty)
     assert set(result.metrics) == {"bbox"}
@@ -352,4 +364,7 @@ def test_viz_outputs(tmp_path: Path) -> None:
     rows = [{"step": i, "loss": 1.0 / (i + 1), "lr": 0.1, "epoch": 0} for i in range(5)] + [{"step": 5, "loss": math.nan}]
     plot_loss_curve(rows, tmp_path / "loss.png")
     assert Image.open(tmp_path / "loss.png").format == "PNG"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib warns when a log axis has no positive value
+        plot_loss_curve([{"step": 0, "loss": 2.0, "lr": 0.0}], tmp_path / "one_step.png")
     assert not list(tmp_path.glob(".*.tmp"))

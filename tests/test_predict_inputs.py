@@ -119,13 +119,19 @@ def test_folder_mirrors_its_tree_one_result_per_image(ws: dict, tmp_path: Path, 
                  "--device", "cpu", "--out", str(out)]) == 0  # fmt: skip
     stems = ["cam1/frame", "cam2/frame", "cam2/night/frame"]
     assert _files(out) == sorted([f"{s}.{ext}" for s in stems for ext in ("json", "png")] + ["predictions.coco.json"])
-    printed = capsys.readouterr().out.split()
+    *printed, summary = capsys.readouterr().out.splitlines()
     assert sorted(printed) == sorted(str(out / f) for f in _files(out))
+    found: dict[str, int] = {}
     for rel, stem in zip(made, stems):
         record = json.loads((out / f"{stem}.json").read_text())
+        for d in record["detections"]:
+            found[d["class_name"]] = found.get(d["class_name"], 0) + 1
         assert record["image"] == str(made[rel]) and record["task"] == "detection"
         assert (record["width"], record["height"]) == Image.open(made[rel]).size
         assert Image.open(out / f"{stem}.png").size == Image.open(made[rel]).size
+    # The last line sums up what the JSON files hold, most frequent class first.
+    assert found and summary == "predicted 3 image(s): " + ", ".join(
+        f"{k} x{v}" for k, v in sorted(found.items(), key=lambda kv: (-kv[1], kv[0])))
 
     # A folder holding frame.jpg and frame.png side by side: refused (one result each is impossible), nothing written.
     Image.open(ws["images"][0]).save(tmp_path / "data" / "cam2" / "frame.png")
@@ -316,3 +322,12 @@ def test_folder_that_is_out_says_why_it_has_no_inputs(ws: dict, tmp_path: Path, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "it is inside --out" in err[0] and "choose another --out" in err[0]
     assert sorted(p.name for p in folder.iterdir()) == ["x.jpg"]
+
+
+def test_summary_counts_classes_and_images_without_any() -> None:
+    from bicsnet.inference import PredictionRun
+    from bicsnet.tasks import Prediction
+
+    run = PredictionRun([Prediction({}, found=["b", "a", "b"]), Prediction({}, found=[]), Prediction({}, found=["a"])])
+    assert run.summary() == "3 image(s): a x2, b x2; nothing found in 1"  # most frequent first, ties by name
+    assert PredictionRun([Prediction({}), Prediction({})]).summary() == "2 image(s): nothing found"

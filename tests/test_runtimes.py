@@ -15,6 +15,7 @@ import torch
 
 import bicsnet
 from bicsnet.cli.main import main
+from bicsnet.errors import ConfigError
 from bicsnet.tasks import TASKS
 
 from .conftest import TINY
@@ -76,6 +77,10 @@ def _openvino_parity(task: str, tmp_path: Path, dynamic: bool = False) -> None:
         assert len(got) == len(ref) and all(_close(g, r) for g, r in zip(got, ref)), [float((g - r).abs().max()) for g, r in zip(got, ref)]
     runner = load_exported(path, precision="f32")
     assert type(runner).__name__ == ("OnnxDetector" if task == "detection" else "OpenVinoModel")
+    if not dynamic:  # another batch size: one clear error naming the file, not OpenVINO's shape check
+        b, h, w = int(net.meta["batch"]), *net.meta["input_size"]
+        with pytest.raises(ConfigError, match=rf"{path.name}: exported for input {b}x3x{h}x{w}, given {b + 1}x3x{h}x{w}"):
+            net(torch.rand(b + 1, 3, h, w))
 
 
 def test_openvino_fp32_matches_eager_classifier(tmp_path: Path) -> None:

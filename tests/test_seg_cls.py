@@ -17,6 +17,7 @@ import torch
 from torch.nn import functional as F
 from PIL import Image
 
+import bicsnet
 from bicsnet.cli.main import main
 from bicsnet.data import (
     ImageFolderDataset,
@@ -273,6 +274,8 @@ def test_segmentation_predict(seg_run: Path, synth: dict[str, Path], tmp_path: P
     assert (labels == expected).all()
     counts = {name: int((labels == i).sum()) for i, name in enumerate(json.loads((seg_run / "config.json").read_text())["meta"]["class_names"])}
     assert record["pixels_per_class"] == {k: v for k, v in counts.items() if v}
+    summary = bicsnet.predict(seg_run, [image_path], device="cpu", workers=0).summary()
+    assert summary == "1 image(s): " + ", ".join(f"{k} x1" for k in sorted(record["pixels_per_class"]))  # images per class present
     # Predicted pixels are painted over the image; background is left as it is.
     with Image.open(image_path) as im, Image.open(out / "val_00001.png") as overlay:
         changed = (np.asarray(im.convert("RGB")).astype(int) != np.asarray(overlay).astype(int)).any(-1)
@@ -292,6 +295,10 @@ def test_classification_predict(cls_run: Path, synth: dict[str, Path], tmp_path:
         probs = [t["prob"] for t in top5]
         assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0001
         assert not (out / f"{path.stem}.png").exists()
+    top1 = [json.loads((out / f"{p.stem}.json").read_text())["top5"][0]["class_name"] for p in images]
+    preds = bicsnet.predict(cls_run, images, device="cpu", workers=0)
+    assert [p.found for p in preds] == [[t] for t in top1]
+    assert preds.summary().startswith("2 image(s): ") and all(f"{t} x" in preds.summary() for t in top1)
 
 
 # --------------------------------------------------------------------------- masks without a labelled pixel

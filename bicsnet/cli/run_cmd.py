@@ -329,4 +329,5 @@ def run_predict(args: argparse.Namespace) -> int:
             print(path)
     for path in preds.run_files:
         print(path)
+    print(f"predicted {preds.summary()}")
     return 0

@@ -17,6 +17,7 @@ returns the same metrics; only rank 0's result carries artifacts.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
@@ -34,6 +35,9 @@ __all__ = [
     "ClassificationTask",
     "SegmentationTask",
 ]
+
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class EvalResult:
@@ -97,7 +101,11 @@ class DetectionTask(Task):
 
     @torch.inference_mode()
     def evaluate(self, model: nn.Module, loader: Iterable, device: torch.device, dataset: Any) -> EvalResult:
-        """COCO ``bbox`` (and ``segm``) AP over ``dataset.coco``; artifacts ``detections.json`` and ``pr_curves.json``."""
+        """COCO ``bbox`` (and ``segm``) AP over ``dataset.coco``; artifacts ``detections.json`` and ``pr_curves.json``.
+
+        No detection at all on a non-empty set is logged as a warning naming the
+        model's score threshold (AP and AR are then 0, or -1 without ground truth).
+        """
         from ..metrics.coco import PR_CURVES_ARTIFACT, coco_evaluation, detections_to_coco_results
 
         model.eval()
@@ -130,9 +138,27 @@ class DetectionTask(Task):
             # No results (on any rank) still goes through COCOeval: -1 where there is no ground truth.
             evaluation = coco_evaluation(dataset.coco, all_results, iou_types=iou_types, backend=self.coco_backend)
             metrics, curves = evaluation.metrics, evaluation.pr_curves
+            images = sum(n for _, _, n in gathered)
+            if images and not all_results:
+                log.warning(
+                    "no detections on %d image(s): no box scored at or above the model's score threshold (%s), so AP "
+                    "and AR are 0 (-1 where there is no ground truth). A detector early in training scores below it: "
+                    "train longer (more epochs or data)",
+                    images, _score_threshold(model),
+                )  # fmt: skip
         metrics = broadcast_object(metrics)
         artifacts = {"detections.json": all_results, PR_CURVES_ARTIFACT: curves} if is_main_process() else {}
         return EvalResult(metrics, artifacts)
+
+
+def _score_threshold(model: nn.Module) -> float | str:
+    """The score below which a torchvision-style detector drops boxes (RetinaNet's ``score_thresh``, R-CNN's ``roi_heads``')."""
+    inner = getattr(model, "module", model)  # DistributedDataParallel wraps it
+    for owner in (inner, getattr(inner, "roi_heads", None)):
+        value = getattr(owner, "score_thresh", None)
+        if isinstance(value, (int, float)):
+            return float(value)
+    return "unknown"
 
 
 class ClassificationTask(Task):

@@ -719,12 +719,19 @@ def _units_line(u: dict[str, Any]) -> str:
             f"VNNI {yes(u.get('avx512_vnni'))}), AMX {amx}; OpenVINO CPU capabilities: {', '.join(ov) if ov else '-'}")
 
 
+def _label(spec: dict[str, Any], task: bool = False) -> str:
+    """``name (task, 256px, width_mult=0.125)``: a model as benchmarked, its ``--set`` overrides included."""
+    parts = ([spec["task"]] if task else []) + [f"{spec['img_size']}px"]
+    parts += [f"{k}={v}" for k, v in (spec.get("overrides") or {}).items()]
+    return f"{spec['name']} ({', '.join(parts)})"
+
+
 def format_table(res: dict[str, Any]) -> str:
     """A Markdown table: metric, model, baseline, ratio; then the targets."""
     a, b = res["model"], res.get("baseline")
     m = res["machine"]
     s = res["settings"]
-    title = f"{a['name']} ({a['task']}, {a['img_size']}px)" + (f" vs {b['name']} ({b['img_size']}px)" if b else "")
+    title = _label(a, task=True) + (f" vs {_label(b)}" if b else "")
     lines = [
         f"## {res.get('pair') or title}",
         "",

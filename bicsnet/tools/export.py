@@ -54,6 +54,7 @@ __all__ = [
     "remove_export",
     "export_checkpoint",
     "postprocess_detections",
+    "check_input_shape",
     "OnnxModel",
     "OnnxDetector",
     "load_onnx",
@@ -485,6 +486,24 @@ def postprocess_detections(
     return results
 
 
+def check_input_shape(expected: Sequence[int | None], x: Tensor, what: str) -> None:
+    """Refuse an input whose shape an exported graph does not take, before the runtime does.
+
+    ``expected``: the graph's input dimensions, ``None`` where it is dynamic.
+
+    Raises:
+        ConfigError: naming ``what`` (the file), the shape it takes and the shape given.
+    """
+    got = tuple(x.shape)
+    if len(got) == len(expected) and all(e is None or e == g for e, g in zip(expected, got)):
+        return
+    takes = "x".join("?" if e is None else str(e) for e in expected)
+    raise ConfigError(
+        f"{what}: exported for input {takes}, given {'x'.join(map(str, got))}; export again at this batch size and "
+        "image size, or with --dynamic (dynamic=True) for any"
+    )
+
+
 class OnnxModel:
     """An exported graph in onnxruntime: ``model(x)`` -> list of numpy-backed tensors.
 
@@ -494,7 +513,9 @@ class OnnxModel:
     it off when several sessions or other work share the cores, as in an
     alternating benchmark: there, a spinning idle session took about a quarter
     of the cores from the one being timed (cls-48 and ResNet-50 on 2 cores: 101 /
-    90 ms spinning, 75 / 63 ms not; ``benchmarks/deploy.md``).
+    90 ms spinning, 75 / 63 ms not; ``benchmarks/deploy.md``). ``input_shape``: the
+    graph's input dimensions, ``None`` where dynamic; a call with another shape
+    raises ConfigError (:func:`check_input_shape`).
     """
 
     def __init__(
@@ -523,9 +544,13 @@ class OnnxModel:
         proto = onnx.load(str(path), load_external_data=False)
         self.meta = decode_metadata((p.key, p.value) for p in proto.metadata_props)
         self.input_name = self.session.get_inputs()[0].name
+        self.input_shape = [d if isinstance(d, int) else None for d in self.session.get_inputs()[0].shape]
         self.output_names = [o.name for o in self.session.get_outputs()]
+        self.path = path
 
     def __call__(self, x: Tensor) -> list[Tensor]:
+        """Run ``x`` (B, 3, H, W). Raises ConfigError when the graph takes another shape (:func:`check_input_shape`)."""
+        check_input_shape(self.input_shape, x, str(self.path))
         outs = self.session.run(None, {self.input_name: x.detach().cpu().float().contiguous().numpy()})
         return [torch.from_numpy(o) for o in outs]
 

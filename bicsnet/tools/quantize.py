@@ -42,6 +42,7 @@ import torch
 from ..errors import ConfigError, DataError
 from ..io import atomic_save
 from ..tasks import get_task
+from .signal_stack import keep_signal_stack
 
 if TYPE_CHECKING:  # pragma: no cover - optional runtimes
     import openvino
@@ -248,14 +249,15 @@ def quantize_openvino(model: "openvino.Model", calibration: Sequence[np.ndarray]
     level = log.level
     log.setLevel(max(level, logging.WARNING))
     try:
-        return nncf.quantize(
-            model,
-            nncf.Dataset(list(calibration)),
-            subset_size=len(calibration),
-            preset=nncf.QuantizationPreset.MIXED,
-            fast_bias_correction=True,
-            ignored_scope=ignored,
-        )
+        with keep_signal_stack():  # NNCF compiles the model on its own openvino.Core
+            return nncf.quantize(
+                model,
+                nncf.Dataset(list(calibration)),
+                subset_size=len(calibration),
+                preset=nncf.QuantizationPreset.MIXED,
+                fast_bias_correction=True,
+                ignored_scope=ignored,
+            )
     finally:
         log.setLevel(level)
 

@@ -44,6 +44,7 @@ from ..io import atomic_save_files
 from .export import (
     OnnxDetector,
     OnnxModel,
+    check_input_shape,
     example_input,
     decode_metadata,
     encode_metadata,
@@ -51,6 +52,7 @@ from .export import (
     is_detector,
     quiet_stdout,
 )
+from .signal_stack import keep_signal_stack
 
 if TYPE_CHECKING:
     import openvino
@@ -223,32 +225,42 @@ class OpenVinoModel:
     ``"default"`` leaves ``INFERENCE_PRECISION_HINT`` to the plugin (bf16 on
     CPUs with AMX or AVX-512-BF16, f32 elsewhere), ``"f32"`` forces f32.
     ``threads``: ``INFERENCE_NUM_THREADS`` (default torch's thread count).
-    ``meta`` is the ``bicsnet.*`` metadata.
+    ``meta`` is the ``bicsnet.*`` metadata; ``input_shape`` the input's dimensions
+    (``None`` where dynamic). The model is compiled inside
+    :func:`~bicsnet.tools.signal_stack.keep_signal_stack`: OpenVINO's CPU plugin can
+    otherwise leave the thread's alternate signal stack at freed memory (wrap your
+    own ``openvino.Core`` use in it too; ``docs/reliability.md``).
 
     Raises:
-        ConfigError: openvino is not installed, no such file, or an unknown precision.
+        ConfigError: openvino is not installed, no such file, or an unknown precision;
+            on a call, an input of a shape the model does not take.
     """
 
     def __init__(self, model: "str | os.PathLike | openvino.Model", threads: int | None = None, precision: str = "default", device: str = "CPU") -> None:
         ov = require("openvino", "openvino", "running OpenVINO models")
         if precision not in PRECISIONS:
             raise ConfigError(f"precision: choose from {', '.join(PRECISIONS)}, not {precision!r}")
-        core = ov.Core()
-        if isinstance(model, (str, os.PathLike)):
-            path = Path(model)
-            if not path.is_file():
-                raise ConfigError(f"{path}: no such OpenVINO model file")
-            model = core.read_model(str(path))
-        self.meta = openvino_metadata(model)
+        path = Path(model) if isinstance(model, (str, os.PathLike)) else None
+        if path is not None and not path.is_file():
+            raise ConfigError(f"{path}: no such OpenVINO model file")
         config: dict[str, Any] = {"INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads())}
         if precision == "f32":
             config["INFERENCE_PRECISION_HINT"] = "f32"
-        self.compiled = core.compile_model(model, device, config)
+        with keep_signal_stack():  # the CPU plugin's own stack dangles once Cores go in creation order
+            core = ov.Core()
+            if path is not None:
+                model = core.read_model(str(path))
+            self.meta = openvino_metadata(model)
+            self.compiled = core.compile_model(model, device, config)
         self.request = self.compiled.create_infer_request()
         self.input_name = self.compiled.inputs[0].get_any_name()
+        self.input_shape = [d.get_length() if d.is_static else None for d in self.compiled.inputs[0].get_partial_shape()]
         self.output_names = [o.get_any_name() for o in self.compiled.outputs]
+        self.what = str(path) if path is not None else "OpenVINO model"
 
     def __call__(self, x: Tensor) -> list[Tensor]:
+        """Run ``x`` (B, 3, H, W). Raises ConfigError when the model takes another shape (:func:`~bicsnet.tools.export.check_input_shape`)."""
+        check_input_shape(self.input_shape, x, self.what)
         res = self.request.infer({0: x.detach().cpu().float().contiguous().numpy()})
         # The request reuses its output buffers on the next call: copy.
         return [torch.from_numpy(np.array(res[o], copy=True)) for o in self.compiled.outputs]
@@ -425,5 +437,6 @@ def matrix_units() -> dict[str, Any]:
     with contextlib.suppress(Exception):  # not installed, or a CPU plugin that cannot start: none, not a failed benchmark
         import openvino as ov
 
-        info["openvino_capabilities"] = list(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+        with keep_signal_stack():
+            info["openvino_capabilities"] = list(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
     return info
