@@ -22,7 +22,7 @@ from torch.utils.data import TensorDataset
 
 from bicsnet.cli.main import main
 from bicsnet.data import make_coco
-from bicsnet.engine.trainer import evaluate_model
+from bicsnet.engine.trainer import TrainConfig, evaluate_model
 from bicsnet.errors import ConfigError
 from bicsnet.metrics import (
     COCO_STAT_NAMES,
@@ -165,7 +165,7 @@ def test_annotation_id_zero_is_scored_as_a_match() -> None:
     assert [a["id"] for a in gt.dataset["annotations"]] == list(range(len(anns)))  # the caller's index is untouched
 
 
-def test_backend_names(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_backend_names(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert resolve_coco_backend("pycocotools") == "pycocotools"
     assert resolve_coco_backend("auto") in ("pycocotools", "faster-coco-eval")
     with pytest.raises(ConfigError, match="expected one of pycocotools, faster-coco-eval, auto"):
@@ -177,6 +177,16 @@ def test_backend_names(monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_coco_backend("auto") == "pycocotools"
     with pytest.raises(ConfigError, match=r"not installed \(pip install 'bicsnet\[faster-coco-eval\]'"):
         resolve_coco_backend("faster-coco-eval")
+    # train --coco-backend: refused before the first step (not at the first evaluation), exit 2.
+    run = tmp_path / "run"
+    argv = ["train", "--task", "detection", "--model", "bicsnet_48_tiny", "--img-size", "96", "--max-steps", "1",
+            "--synth-dir", str(tmp_path / "synth"), "--synth-train", "4", "--synth-val", "4", "--synth-size", "96",
+            "--workers", "0", "--device", "cpu", "--out", str(run), "--coco-backend", "faster-coco-eval"]  # fmt: skip
+    assert main(argv) == 2
+    assert "coco backend faster-coco-eval: the package is not installed" in capsys.readouterr().err
+    assert not run.exists() and not (tmp_path / "synth").exists()  # nothing made, not even the synthetic data
+    with pytest.raises(ConfigError, match="coco_backend='detectron2': must be one of pycocotools, faster-coco-eval, auto"):
+        TrainConfig(coco_backend="detectron2")
 
 
 # --------------------------------------------------------------------------- per-class table and PR curves
@@ -325,7 +335,9 @@ def test_confusion_matrix_plot_many_classes(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- the CLI on a tiny detector
-def test_cli_train_then_eval_with_faster_coco_eval(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_cli_train_then_eval_with_faster_coco_eval(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pytest.importorskip("faster_coco_eval")
     synth = ["--synth-dir", str(tmp_path / "synth"), "--synth-train", "4", "--synth-val", "4", "--synth-size", "96"]
     run = tmp_path / "run"
@@ -351,6 +363,26 @@ def test_cli_train_then_eval_with_faster_coco_eval(tmp_path: Path, capsys: pytes
     m = train_metrics["bbox"]
     assert m["AR100"] > 0 and any(r["AP50"] > 0 for r in m["per_class"])  # a comparison of real numbers
     _assert_close(train_metrics, evaluated)
+
+    # The same run with --coco-backend on train: its evaluations use it, with the same numbers.
+    import bicsnet.metrics.coco as coco_lib
+
+    used: list[str] = []
+    scored = coco_lib.coco_evaluation
+
+    def spy(*args, **kwargs):
+        used.append(kwargs.get("backend"))
+        return scored(*args, **kwargs)
+
+    monkeypatch.setattr(coco_lib, "coco_evaluation", spy)
+    fast = tmp_path / "run_fast"
+    assert main(["train", "--task", "detection", "--model", "bicsnet_48_tiny", "--img-size", "96", "--epochs", "1",
+                 "--max-steps", "1", "--batch-size", "2", "--workers", "0", "--device", "cpu", "--out", str(fast),
+                 "--set", "score_thresh=0.0", "--coco-backend", "faster-coco-eval", *synth]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert used == ["faster-coco-eval"]
+    assert "coco_backend: faster-coco-eval" in (fast / "config.yaml").read_text()
+    _assert_close(train_metrics, json.loads((fast / "metrics.json").read_text()))
 
 
 def test_metrics_json_keeps_number_rows_on_one_line(tmp_path: Path) -> None:

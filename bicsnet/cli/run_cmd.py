@@ -31,7 +31,8 @@ _TRAIN_FLAGS = {
     "lr": ("train", "lr"), "schedule": ("train", "schedule"), "warmup_epochs": ("train", "warmup_epochs"),
     "warmup_steps": ("train", "warmup_steps"), "warmup_max_fraction": ("train", "warmup_max_fraction"),
     "amp": ("train", "amp"), "accumulate": ("train", "accumulate"), "ema": ("train", "ema_decay"), "grad_clip": ("train", "grad_clip"),
-    "label_smoothing": ("train", "label_smoothing"), "workers": ("train", "num_workers"), "seed": ("train", "seed"),
+    "label_smoothing": ("train", "label_smoothing"), "coco_backend": ("train", "coco_backend"),
+    "workers": ("train", "num_workers"), "seed": ("train", "seed"),
     "deterministic": ("train", "deterministic"), "nan_policy": ("train", "nan_policy"), "max_steps": ("train", "max_steps"),
     "ckpt_every": ("train", "ckpt_every_steps"), "eval_every": ("train", "eval_every_epochs"),
     "log_every": ("train", "log_every"), "device": ("train", "device"), "out": ("train", "out_dir"),
@@ -79,6 +80,19 @@ def add_data_args(p: argparse.ArgumentParser, train: bool = True) -> None:
     g.add_argument(
         "--max-skipped", type=_fraction, metavar="FRACTION",
         help="COCO: stop when more than this share of a file's annotations is rejected as malformed (default 0.05)",
+    )  # fmt: skip
+
+
+def _add_coco_backend_arg(p: argparse.ArgumentParser, default: str | None) -> None:
+    """``--coco-backend`` (train: its evaluations; eval), with the choices and help of one place."""
+    from ..metrics.coco import COCO_BACKENDS, DEFAULT_COCO_BACKEND
+
+    p.add_argument(
+        "--coco-backend", choices=COCO_BACKENDS, default=default,
+        help=f"how detection/instance evaluations are scored (default {DEFAULT_COCO_BACKEND}: COCO's reference "
+        "implementation, what papers report); faster-coco-eval: its C++ re-implementation, the same numbers "
+        "(to 1e-6 in the tests) 3-8x faster (benchmarks/coco_eval_backends.md), if installed "
+        "(pip install faster-coco-eval); auto: faster-coco-eval when installed",
     )  # fmt: skip
 
 
@@ -172,6 +186,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "--set train.ema_decay=null turns it off)")
     p.add_argument("--grad-clip", type=float, help="clip the global gradient norm at this value (default: the recipe's; paper off)")
     p.add_argument("--label-smoothing", type=float, help="classification label smoothing (default 0)")
+    _add_coco_backend_arg(p, None)  # None: the flag left out leaves --config's choice
     p.add_argument("--workers", type=int, help="data-loading processes per training process (default 2)")
     p.add_argument("--seed", type=int, help="seed of weights, data order and augmentation (default 0)")
     p.add_argument("--deterministic", action="store_true", default=None, help="deterministic kernels: the same weights on every CPU run")
@@ -189,7 +204,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.set_defaults(func=run_train)
 
-    from ..metrics.coco import COCO_BACKENDS, DEFAULT_COCO_BACKEND
+    from ..metrics.coco import DEFAULT_COCO_BACKEND
 
     p = sub.add_parser(
         "eval", help="evaluate a checkpoint: metrics.json; detectors also a per-class table and PR curves, "
@@ -199,14 +214,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_data_args(p, train=False)
     p.add_argument("--batch-size", type=int, default=4, help="images per step (default 4)")
     p.add_argument("--workers", type=int, default=2, help="data-loading processes (default 2)")
-    p.add_argument(
-        "--coco-backend", choices=COCO_BACKENDS, default=DEFAULT_COCO_BACKEND,
-        help=f"how detection/instance checkpoints are scored (default {DEFAULT_COCO_BACKEND}: COCO's reference "
-        "implementation, what papers report); faster-coco-eval: its C++ re-implementation, the same numbers "
-        "(to 1e-6 in the tests) 3-8x faster (benchmarks/coco_eval_backends.md), if installed "
-        "(pip install faster-coco-eval); "
-        "auto: faster-coco-eval when installed",
-    )  # fmt: skip
+    _add_coco_backend_arg(p, DEFAULT_COCO_BACKEND)
     add_device_arg(p)
     p.add_argument(
         "--out", required=True,

@@ -72,6 +72,7 @@ from tqdm import tqdm
 from ..dataclass_checks import reject_unknown_fields
 from ..errors import BicsnetError, CheckpointError, ConfigError
 from ..io import atomic_write_json
+from ..metrics.coco import COCO_BACKENDS, DEFAULT_COCO_BACKEND, resolve_coco_backend
 from .checkpoint import RunCheckpointer, load_model, load_state_into, load_training_state
 from .distributed import (
     ResumableDistributedSampler,
@@ -174,6 +175,9 @@ class TrainConfig:
         out_dir: run directory.
         max_steps: hard cap on the number of steps (the schedule then spans it).
         label_smoothing: classification label smoothing.
+        coco_backend: how detection / instance evaluations are scored
+            (:data:`~bicsnet.metrics.coco.COCO_BACKENDS`: pycocotools, what papers
+            report, or faster-coco-eval, the same numbers faster); checked before training.
         tensorboard: also log to ``OUT/tb`` if TensorBoard is installed.
         find_unused_parameters: DDP option for models with branches unused in some steps.
         early_stopping_metric: stop when this evaluation metric (a dotted path
@@ -214,6 +218,7 @@ class TrainConfig:
     out_dir: str = "runs/train"
     max_steps: int | None = None
     label_smoothing: float = 0.0
+    coco_backend: str = DEFAULT_COCO_BACKEND
     tensorboard: bool = True
     find_unused_parameters: bool = False
     early_stopping_metric: str | None = None
@@ -257,6 +262,7 @@ class TrainConfig:
             ("num_workers", self.num_workers >= 0, "must be >= 0"),
             ("max_steps", self.max_steps is None or self.max_steps >= 1, "must be >= 1 (or None)"),
             ("label_smoothing", 0 <= self.label_smoothing < 1, "must be in [0, 1)"),
+            ("coco_backend", self.coco_backend in COCO_BACKENDS, f"must be one of {', '.join(COCO_BACKENDS)}"),
             ("early_stopping_patience", self.early_stopping_patience >= 1, "must be >= 1"),
             ("early_stopping_min_delta", self.early_stopping_min_delta >= 0, "must be >= 0"),
             ("metric_mode", self.metric_mode in METRIC_MODES, f"must be one of {', '.join(METRIC_MODES)}"),
@@ -412,14 +418,14 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, An
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _adapter(task: str, num_classes: int | None = None, label_smoothing: float = 0.0) -> Task:
+def _adapter(task: str, num_classes: int | None = None, label_smoothing: float = 0.0, coco_backend: str | None = None) -> Task:
     """The engine adapter of a task named in the task table (:mod:`bicsnet.tasks`)."""
     from ..tasks import get_task  # the table sits above the engine
 
     spec = get_task(task)
     if spec.adapter is None:
         raise ConfigError(f"task {task!r} cannot be trained or evaluated")
-    return spec.adapter(num_classes=num_classes, label_smoothing=label_smoothing)
+    return spec.adapter(num_classes=num_classes, label_smoothing=label_smoothing, coco_backend=coco_backend)
 
 
 @dataclass
@@ -486,9 +492,11 @@ class Trainer:
         self.rank, self.world_size = get_rank(), get_world_size()
         self.is_main = self.rank == 0
         self.out_dir = Path(config.out_dir)
+        resolve_coco_backend(config.coco_backend)  # an uninstalled backend fails before the first step
         self.task = task if isinstance(task, Task) else _adapter(
-            task, num_classes=self.meta.get("num_classes"), label_smoothing=config.label_smoothing
-        )
+            task, num_classes=self.meta.get("num_classes"), label_smoothing=config.label_smoothing,
+            coco_backend=config.coco_backend,
+        )  # fmt: skip
         self.train_dataset, self.val_dataset, self.collate_fn = train_dataset, val_dataset, collate_fn
 
         configure_determinism(config.deterministic)
