@@ -89,12 +89,10 @@ def resolve_run(config: RunConfig | Mapping[str, Any] | str | os.PathLike) -> tu
     # Bad training options, device or model options fail before the data is read.
     from .engine.distributed import resolve_device
     from .engine.trainer import resolve_amp
-    from .metrics.coco import resolve_coco_backend
 
     first = cfg.train_config({})
     device = resolve_device(first.device, option="--device (train.device)")
     resolve_amp(first.amp, device)  # an --amp this device cannot run fails here too
-    resolve_coco_backend(first.coco_backend)  # and an uninstalled --coco-backend
     with torch.device("meta"):
         create_model(entry.name, spec.name, 1 if spec.needs_classes else None, **_model_options(cfg.model, spec, size))
     first_scale = tuple(cfg.data.scale_range or PAPER_SCALE_RANGE)

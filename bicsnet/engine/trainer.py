@@ -177,7 +177,7 @@ class TrainConfig:
         label_smoothing: classification label smoothing.
         coco_backend: how detection / instance evaluations are scored
             (:data:`~bicsnet.metrics.coco.COCO_BACKENDS`: pycocotools, what papers
-            report, or faster-coco-eval, the same numbers faster); checked before training.
+            report, or faster-coco-eval, the same numbers faster); one not installed is a ConfigError.
         tensorboard: also log to ``OUT/tb`` if TensorBoard is installed.
         find_unused_parameters: DDP option for models with branches unused in some steps.
         early_stopping_metric: stop when this evaluation metric (a dotted path
@@ -275,6 +275,7 @@ class TrainConfig:
         for name, ok, why in checks:
             if not ok:
                 raise ConfigError(f"training option {name}={getattr(self, name)!r}: {why}")
+        resolve_coco_backend(self.coco_backend)  # one not installed fails here, before any data is read
 
     def _check_types(self) -> None:
         """Refuse wrongly typed values (e.g. from a JSON file) with :class:`ConfigError`; ints become floats."""
@@ -492,7 +493,6 @@ class Trainer:
         self.rank, self.world_size = get_rank(), get_world_size()
         self.is_main = self.rank == 0
         self.out_dir = Path(config.out_dir)
-        resolve_coco_backend(config.coco_backend)  # an uninstalled backend fails before the first step
         self.task = task if isinstance(task, Task) else _adapter(
             task, num_classes=self.meta.get("num_classes"), label_smoothing=config.label_smoothing,
             coco_backend=config.coco_backend,

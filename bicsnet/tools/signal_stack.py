@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import logging
 import mmap
 import sys
@@ -58,24 +59,22 @@ class SignalStack(NamedTuple):
 _lock = threading.Lock()
 # Thread id -> that thread's stack. Never unmapped: the kernel may write a signal frame to it at any time.
 _stacks: dict[int, tuple[mmap.mmap, ctypes.c_char]] = {}
-_libc_handle: ctypes.CDLL | None = None
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL | None:
-    global _libc_handle
+    """The C library with ``sigaltstack`` and ``getauxval`` typed; ``None`` off Linux or without them."""
     if not sys.platform.startswith("linux"):
         return None
-    if _libc_handle is None:
-        try:
-            lib = ctypes.CDLL(None, use_errno=True)
-            lib.sigaltstack.argtypes = [ctypes.POINTER(_StackT), ctypes.POINTER(_StackT)]
-            lib.sigaltstack.restype = ctypes.c_int
-            lib.getauxval.argtypes = [ctypes.c_ulong]
-            lib.getauxval.restype = ctypes.c_ulong
-        except (OSError, AttributeError):  # a libc without them: nothing to guard
-            return None
-        _libc_handle = lib
-    return _libc_handle
+    try:
+        lib = ctypes.CDLL(None, use_errno=True)
+        lib.sigaltstack.argtypes = [ctypes.POINTER(_StackT), ctypes.POINTER(_StackT)]
+        lib.sigaltstack.restype = ctypes.c_int
+        lib.getauxval.argtypes = [ctypes.c_ulong]
+        lib.getauxval.restype = ctypes.c_ulong
+    except (OSError, AttributeError):  # a libc without them: nothing to guard
+        return None
+    return lib
 
 
 def current_signal_stack() -> SignalStack | None:
