@@ -62,5 +62,11 @@ def test_demo_records_its_precision(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--device", "cpu", "--workers", "0", "--precision", "bf16"]) == 0
     assert json.loads((out / "demo.json").read_text())["precision"] == "bf16 autocast"
-    assert json.loads((out / "config.json").read_text())["train"]["amp"] == "bf16"
+    train = json.loads((out / "config.json").read_text())["train"]
+    assert train["amp"] == "bf16"
+    assert train["channels_last"] is False  # the CPU preset trains NCHW (benchmarks/demo.md: why)
+    assert json.loads((out / "demo.json").read_text())["preset"]["channels_last"] is False
     assert "on cpu (bf16 autocast)" in capsys.readouterr().out
+    # --channels-last overrides the preset.
+    assert main(["demo", "--out", str(out), "--device", "cpu", "--workers", "0", "--overwrite", "--channels-last"]) == 0
+    assert json.loads((out / "config.json").read_text())["train"]["channels_last"] is True

@@ -199,6 +199,11 @@ def test_print_config_records_amp_accumulate_and_device(tmp_path: Path, capsys: 
         bare = printed("--amp", "--accumulate", "3", "--device", "cpu")  # bare --amp on the CPU: bf16
         assert (bare["amp"], bare["accumulate"], bare["device"]) == ("bf16", 3, "cpu")
         assert printed("--amp", "fp16")["amp"] == "fp16"
+        assert default["channels_last"] is False and printed("--channels-last")["channels_last"] is True
+        nhwc = tmp_path / "nhwc.yaml"  # --no-channels-last undoes a --config's
+        nhwc.write_text(yaml.safe_dump({"train": {"channels_last": True}}))
+        assert printed("--config", str(nhwc))["channels_last"] is True
+        assert printed("--config", str(nhwc), "--no-channels-last")["channels_last"] is False
         # An old run's config.yaml with amp: true means the same rule; --amp off overrides it.
         old = tmp_path / "old.yaml"
         old.write_text(yaml.safe_dump({"train": {"amp": True, "amp_dtype": "bfloat16"}}))

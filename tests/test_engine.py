@@ -7,6 +7,7 @@ import math
 import os
 import pickle
 import random
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -367,9 +368,9 @@ def _final_state(path: Path) -> dict[str, torch.Tensor]:
     return load_model(path)[0]
 
 
-@pytest.mark.parametrize("num_workers", [0, 1])
-def test_resume_gives_bitwise_identical_weights(tmp_path, monkeypatch, num_workers):
-    overrides = dict(ema_decay=0.9, grad_clip=5.0, num_workers=num_workers)
+@pytest.mark.parametrize(("num_workers", "channels_last"), [(0, False), (1, False), (0, True)])
+def test_resume_gives_bitwise_identical_weights(tmp_path, monkeypatch, num_workers, channels_last):
+    overrides = dict(ema_decay=0.9, grad_clip=5.0, num_workers=num_workers, channels_last=channels_last)
     full = trainer(tmp_path / "full", **overrides)
     full.fit()
 
@@ -399,6 +400,64 @@ def test_resume_gives_bitwise_identical_weights(tmp_path, monkeypatch, num_worke
     # A fresh (non-resume) run never silently overwrites an existing one.
     with pytest.raises(ConfigError, match="already holds a checkpoint"):
         trainer(tmp_path / "cut")
+
+
+def test_channels_last_training_same_model_other_layout(tmp_path):
+    """``channels_last=True``: the weights, their EMA and the momentum stay NHWC through training;
+    the run computes what the NCHW run does (to float rounding) and its files load into either layout."""
+    overrides = dict(ema_decay=0.9, epochs=2)
+    plain = trainer(tmp_path / "nchw", **overrides)
+    plain.fit()
+    nhwc = trainer(tmp_path / "nhwc", channels_last=True, **overrides)
+    nhwc.fit()
+    conv = nhwc.model.backbone[0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert nhwc.ema.module.backbone[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert nhwc.optimizer.state[conv]["momentum_buffer"].is_contiguous(memory_format=torch.channels_last)
+    assert plain.model.backbone[0].weight.is_contiguous()
+    log_a, log_b = read_log(tmp_path / "nchw" / "log.csv"), read_log(tmp_path / "nhwc" / "log.csv")
+    assert len(log_a) == len(log_b) == 8
+    for a, b in zip(log_a, log_b):
+        assert float(b["loss"]) == pytest.approx(float(a["loss"]), rel=1e-4, abs=1e-6)
+    a, b = _final_state(tmp_path / "nchw" / "model.safetensors"), _final_state(tmp_path / "nhwc" / "model.safetensors")
+    assert a.keys() == b.keys() and all(b[k].is_contiguous() for k in b)
+    assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-5) for k in a)
+    assert json.loads((tmp_path / "nhwc" / "config.json").read_text())["train"]["channels_last"] is True
+
+
+_FAULTS_AFTER_TRAINER = """
+import resource, sys, torch
+from bicsnet.engine import TrainConfig, Trainer
+
+def faults():  # minor page faults of three 64 MiB tensors, each freed before the next
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(3):
+        x = torch.empty(16 << 20)
+        x.fill_(1.0)
+        del x
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+off = {"keep_freed_memory": False} if sys.argv[1] == "off" else {}  # else the default
+config = TrainConfig(device="cpu", out_dir=sys.argv[2], **off)
+Trainer(torch.nn.Conv2d(3, 5, 1), "classification", None, None, config, meta={"num_classes": 5})
+faults()  # the first block grows the heap once
+print(faults())
+"""
+
+
+@pytest.mark.skipif(not (sys.platform == "linux" and os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc")),
+                    reason="glibc's malloc only")
+def test_cpu_trainer_keeps_freed_memory_for_reuse(tmp_path):
+    """A Trainer on the CPU makes malloc reuse freed blocks: a 64 MiB tensor allocated again is not
+    page-faulted in again (16384 faults of 4 KiB each time by default); ``keep_freed_memory=False``
+    leaves malloc as it was. In a fresh process, as the setting is process-wide."""
+    def faults(mode: str) -> int:
+        out = subprocess.run([sys.executable, "-c", _FAULTS_AFTER_TRAINER, mode, str(tmp_path / mode)],
+                             capture_output=True, text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        return int(out.stdout.split()[-1])
+
+    assert faults("default") < 1000
+    assert faults("off") > 3 * 16384 * 0.9
 
 
 class NanAfter(nn.Module):

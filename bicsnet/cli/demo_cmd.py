@@ -29,12 +29,13 @@ if TYPE_CHECKING:
 __all__ = ["register", "DEMO_PRESETS", "PRECISIONS", "demo_config", "demo_precision"]
 
 #: What the demo trains on each kind of device (CPU preset measured in benchmarks/demo.md:
-#: 32 epochs fit the 15-minute budget on 2 cores; the weights' EMA is what gets evaluated).
+#: 32 epochs fit the 15-minute budget on 2 cores; the weights' EMA is what gets evaluated;
+#: channels-last steps are faster there but its one demo run ended at AP50 0.36, so it is off).
 DEMO_PRESETS = {
     "cpu": {"model": "bicsnet_48_tiny", "img_size": 256, "epochs": 32, "batch_size": 8, "lr": 0.01, "ema": 0.996,
-            "synth_train": 400, "synth_val": 100},
+            "synth_train": 400, "synth_val": 100, "channels_last": False},
     "cuda": {"model": "bicsnet_48s", "img_size": 384, "epochs": 60, "batch_size": 16, "lr": 0.08, "ema": 0.999,
-             "synth_train": 1000, "synth_val": 200},
+             "synth_train": 1000, "synth_val": 200, "channels_last": False},
 }
 
 
@@ -72,6 +73,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="training precision: auto = bf16 autocast on a CPU with AMX / AVX-512 BF16 units, "
                         "else float32 (default: %(default)s)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"train in channels-last memory format (default: the preset's, {_per_preset('channels_last')})")
     p.add_argument("--overwrite", action="store_true", help="delete a previous demo run in --out first")
     add_device_arg(p)
     p.set_defaults(func=run_demo)
@@ -97,7 +100,7 @@ def demo_config(preset: dict, out: Path, device: str, workers: int, amp: str = "
                  "synth_size": preset["img_size"]},
         "train": {"epochs": preset["epochs"], "batch_size": preset["batch_size"], "lr": preset["lr"], "warmup_epochs": 1.0,
                   "schedule": "step", "ema_decay": preset["ema"], "num_workers": workers, "device": device,
-                  "out_dir": str(out), "log_every": 10, "amp": amp},
+                  "out_dir": str(out), "log_every": 10, "amp": amp, "channels_last": preset["channels_last"]},
     })  # fmt: skip
 
 
@@ -110,6 +113,8 @@ def run_demo(args: argparse.Namespace) -> int:
         preset["epochs"] = args.epochs
     if args.model:
         preset["model"] = args.model
+    if args.channels_last is not None:
+        preset["channels_last"] = args.channels_last
     amp = demo_precision(args.precision, device)
     precision = "bf16 autocast" if amp == "bf16" else "float32"
     out = Path(args.out)

@@ -30,7 +30,7 @@ _TRAIN_FLAGS = {
     "scale_range": ("data", "scale_range"), "epochs": ("train", "epochs"), "batch_size": ("train", "batch_size"),
     "lr": ("train", "lr"), "schedule": ("train", "schedule"), "warmup_epochs": ("train", "warmup_epochs"),
     "warmup_steps": ("train", "warmup_steps"), "warmup_max_fraction": ("train", "warmup_max_fraction"),
-    "amp": ("train", "amp"), "accumulate": ("train", "accumulate"), "ema": ("train", "ema_decay"), "grad_clip": ("train", "grad_clip"),
+    "amp": ("train", "amp"), "channels_last": ("train", "channels_last"), "accumulate": ("train", "accumulate"), "ema": ("train", "ema_decay"), "grad_clip": ("train", "grad_clip"),
     "label_smoothing": ("train", "label_smoothing"), "coco_backend": ("train", "coco_backend"),
     "workers": ("train", "num_workers"), "seed": ("train", "seed"),
     "deterministic": ("train", "deterministic"), "nan_policy": ("train", "nan_policy"), "max_steps": ("train", "max_steps"),
@@ -182,6 +182,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="mixed precision: bf16 (autocast) or fp16 (autocast + gradient scaler); a bare --amp is bf16 on the CPU "
         "and on GPUs with native bfloat16, else fp16 (T4, V100); --amp off undoes a --config's. Default off",
     )  # fmt: skip
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="weights and feature maps in channels-last (NHWC) memory: faster convolutions on CPUs and "
+                   "tensor-core GPUs, the same model rounded differently (default: off; see docs/training.md)")
     p.add_argument("--ema", type=float, metavar="DECAY", help="keep an EMA of the weights, e.g. 0.9998 (default: the recipe's; paper off, small 0.99; "
                    "--set train.ema_decay=null turns it off)")
     p.add_argument("--grad-clip", type=float, help="clip the global gradient norm at this value (default: the recipe's; paper off)")

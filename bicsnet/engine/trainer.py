@@ -88,6 +88,7 @@ from .distributed import (
     wrap_ddp,
 )
 from .ema import ModelEma
+from .host_memory import keep_freed_memory
 from .hooks import (
     METRIC_MODES,
     BestCheckpoint,
@@ -161,6 +162,16 @@ class TrainConfig:
             bfloat16, else fp16).  ``True`` / ``False`` (and an old
             configuration's ``amp_dtype: float16``) are read as ``"auto"`` /
             ``"off"`` (``"fp16"``); see :meth:`upgrade_legacy`.
+        channels_last: train (and evaluate) with 4-d weights and feature maps in
+            channels-last (NHWC) memory format, as timm's ``--channels-last``: the
+            same function, rounded differently; faster convolutions on CPUs
+            (oneDNN) and on GPUs with tensor cores (``benchmarks/demo.md``).
+            Checkpoints and ``model.safetensors`` are stored contiguous as usual,
+            so a run trained either way loads into the other.
+        keep_freed_memory: on the CPU, make glibc's ``malloc`` keep freed memory
+            for reuse (:func:`bicsnet.engine.host_memory.keep_freed_memory`), so each
+            step's large feature maps are not page-faulted and zero-filled again;
+            process-wide, for the rest of the process. No effect on a GPU or off glibc.
         ema_decay: EMA decay of the weights (e.g. 0.9998) or ``None`` for no EMA.
         log_every: steps between log rows / console lines.
         ckpt_every_steps: steps between checkpoints (0: only at epoch ends).
@@ -206,6 +217,8 @@ class TrainConfig:
     min_lr_ratio: float = 0.0
     grad_clip: float | None = None
     amp: str = "off"
+    channels_last: bool = False
+    keep_freed_memory: bool = True
     ema_decay: float | None = None
     log_every: int = 20
     ckpt_every_steps: int = 500
@@ -502,7 +515,12 @@ class Trainer:
         configure_determinism(config.deterministic)
         seed_everything(config.seed + self.rank)
 
-        self.ddp_model = wrap_ddp(model.to(self.device), self.device, config.find_unused_parameters)
+        if config.keep_freed_memory and self.device.type == "cpu":
+            keep_freed_memory()
+        model = model.to(self.device)
+        if config.channels_last:  # before DDP and the EMA copy, so both share the layout
+            model = model.to(memory_format=torch.channels_last)
+        self.ddp_model = wrap_ddp(model, self.device, config.find_unused_parameters)
         self.model = unwrap_model(self.ddp_model)
         global_batch = config.batch_size * config.accumulate * self.world_size
         self.lr = config.lr * (global_batch / config.lr_reference_batch if config.lr_reference_batch else 1.0)
