@@ -132,9 +132,9 @@ def describe_recipe(config: RunConfig | Mapping[str, Any] | str | os.PathLike, n
     t = cfg.train_config({})
     lines = [f"recipe {recipe.name}: {recipe.summary}{why}"]
     parts = [
-        f"{t.epochs} epochs", f"lr {t.lr:g} ({t.schedule})"
+        f"{t.epochs} epoch{'' if t.epochs == 1 else 's'}", f"lr {t.lr:g} ({t.schedule})"
         + (f" for batch {t.lr_reference_batch}, scaled linearly" if t.lr_reference_batch else ""),
-        f"warm-up {t.warmup_epochs:g} epochs", f"weight decay {t.weight_decay:g}",
+        f"warm-up {t.warmup_epochs:g} epoch{'' if t.warmup_epochs == 1 else 's'}", f"weight decay {t.weight_decay:g}",
         f"EMA {t.ema_decay:g}" if t.ema_decay else "no EMA",
         f"grad clip {t.grad_clip:g}" if t.grad_clip else "no grad clip",
         f"BN momentum {cfg.model.bn_momentum:g}" if cfg.model.bn_momentum is not None else "the model's BN momentum",

@@ -150,6 +150,10 @@ class RunConfig:
             if len(path) > 1 and path[0] not in SECTIONS:
                 _unknown(path[0], [*SCALARS, *SECTIONS], "")
             if path[0] not in SECTIONS:  # a bare key is a model option (--set focal_gamma=2)
+                owner = next((name for name in ("train", "data") if path[0] in _field_names(SECTIONS[name])), None)
+                if owner is not None:  # no model option shares a train or data key's name
+                    raise ConfigError(f"--set {text!r}: a bare KEY is a model option, but {path[0]} is a key of "
+                                      f"section {owner}: write --set {owner}.{key}={raw}")
                 path = ["model", "options", *path]
             section = path[0]
             if len(path) == 1:

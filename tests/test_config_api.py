@@ -76,6 +76,9 @@ def test_print_config_and_precedence(tmp_path: Path, capsys: pytest.CaptureFixtu
         (["trian.lr=0.1"], "unknown key trian; did you mean train?"),
         (["data.synth_trian=5"], "did you mean data.synth_train?"),
         (["train.epochs=abc"], "epochs='abc'"),
+        # a training or data key without its section is not taken for a model option
+        (["keep_freed_memory=false"], "keep_freed_memory is a key of section train: write --set train.keep_freed_memory=false"),
+        (["synth_train=5"], "write --set data.synth_train=5"),
     ],
 )
 def test_bad_keys_name_the_key_and_the_closest(sets: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
@@ -135,3 +138,17 @@ def test_predict_keeps_one_result_per_input_when_base_names_repeat(run: Path, tm
     assert main(["predict", "--checkpoint", str(run), *images, "--device", "cpu", "--out", str(out)]) == 2
     assert "--overwrite" in capsys.readouterr().err and (out / "cam1" / "frame.json").stat().st_mtime_ns == before
     assert main(["predict", "--checkpoint", str(run), *images, "--device", "cpu", "--out", str(out), "--overwrite"]) == 0
+
+
+def test_no_model_option_shares_a_train_or_data_key() -> None:
+    # --set KEY=VALUE refuses a bare train/data key, which is only right while no model option has that name.
+    import dataclasses
+
+    from bicsnet.arch.backbone import BiCSNetConfig
+    from bicsnet.config import SECTIONS
+    from bicsnet.tasks import TASKS
+
+    options = {f.name for f in dataclasses.fields(BiCSNetConfig)}.union(*(t.head_options for t in TASKS.values()))
+    for section in ("train", "data"):
+        keys = {f.name for f in dataclasses.fields(SECTIONS[section])}
+        assert not options & keys, (section, options & keys)

@@ -402,14 +402,16 @@ def test_resume_gives_bitwise_identical_weights(tmp_path, monkeypatch, num_worke
         trainer(tmp_path / "cut")
 
 
-def test_channels_last_training_same_model_other_layout(tmp_path):
+def test_channels_last_training_same_model_other_layout(tmp_path, capsys):
     """``channels_last=True``: the weights, their EMA and the momentum stay NHWC through training;
     the run computes what the NCHW run does (to float rounding) and its files load into either layout."""
     overrides = dict(ema_decay=0.9, epochs=2)
     plain = trainer(tmp_path / "nchw", **overrides)
     plain.fit()
+    assert "channels-last" not in capsys.readouterr().out
     nhwc = trainer(tmp_path / "nhwc", channels_last=True, **overrides)
     nhwc.fit()
+    assert "precision float32, channels-last, lr" in capsys.readouterr().out  # the start line says so
     conv = nhwc.model.backbone[0].weight
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
     assert nhwc.ema.module.backbone[0].weight.is_contiguous(memory_format=torch.channels_last)

@@ -72,9 +72,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=2, help="data-loading processes (default: %(default)s)")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="training precision: auto = bf16 autocast on a CPU with AMX / AVX-512 BF16 units, "
-                        "else float32 (default: %(default)s)")
+                        "float32 on other CPUs and on GPUs (default: %(default)s)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help=f"train in channels-last memory format (default: the preset's, {_per_preset('channels_last')})")
+                   help="train in channels-last (NHWC) memory: faster steps on the CPU, but its one full CPU demo "
+                        "reached a lower AP50 (docs/training.md) (default: off)")
     p.add_argument("--overwrite", action="store_true", help="delete a previous demo run in --out first")
     add_device_arg(p)
     p.set_defaults(func=run_demo)

@@ -907,7 +907,8 @@ class Trainer:
             f"training {self.total_steps} steps ({self.steps_per_epoch}/epoch) on {self.world_size} process(es), "
             f"device {self.device}, global batch {cfg.batch_size * cfg.accumulate * self.world_size} "
             f"(batch {cfg.batch_size}{accumulate} x {self.world_size}), "
-            f"precision {'float32' if cfg.amp == 'off' else cfg.amp + ' autocast'}, lr {self.lr:g}"
+            f"precision {'float32' if cfg.amp == 'off' else cfg.amp + ' autocast'}"
+            f"{', channels-last' if cfg.channels_last else ''}, lr {self.lr:g}"
         )
         self.progress_bar = tqdm(
             total=self.total_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
