@@ -317,8 +317,9 @@ def _warn_short_bn(model: torch.nn.Module, trainer: Any) -> None:
         if left > 0.05:
             print(
                 f"warning: BatchNorm momentum {min(momenta):g} over {trainer.total_steps} steps leaves "
-                f"{left:.0%} of the initial running statistics, so evaluation will be poor; "
-                f"pass --bn-momentum {min(1.0, max(0.1, round(3 / trainer.total_steps, 2))):g} for a short run",
+                f"{left:.0%} of the initial running statistics, so evaluation will be poor; train for more steps, "
+                f"or pass --bn-momentum {min(1.0, max(0.1, round(3 / trainer.total_steps, 2))):g} to bicsnet train "
+                "(model.bn_momentum) for a short run",
                 flush=True,
             )
 

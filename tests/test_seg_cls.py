@@ -146,7 +146,7 @@ def test_bn_momentum_flag_and_short_run_warning(capsys: pytest.CaptureFixture) -
     bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert bns and {m.momentum for m in bns} == {0.01}  # the paper's TF momentum 0.99
     _warn_short_bn(model, SimpleNamespace(is_main=True, total_steps=180))
-    assert "--bn-momentum 0.1" in capsys.readouterr().out
+    assert "train for more steps, or pass --bn-momentum 0.1 to bicsnet train (model.bn_momentum)" in capsys.readouterr().out
     _set_bn_momentum(model, 0.1)
     assert {m.momentum for m in bns} == {0.1}
     _warn_short_bn(model, SimpleNamespace(is_main=True, total_steps=180))
