@@ -444,6 +444,11 @@ config = TrainConfig(device="cpu", out_dir=sys.argv[2], **off)
 Trainer(torch.nn.Conv2d(3, 5, 1), "classification", None, None, config, meta={"num_classes": 5})
 faults()  # the first block grows the heap once
 print(faults())
+if sys.argv[1] == "default":  # bench's memory measurement pins the thresholds back: faults again
+    from bicsnet.engine.host_memory import pin_malloc_thresholds, trim_heap
+    assert pin_malloc_thresholds()
+    trim_heap()  # as bench does: the block kept in the heap goes back too
+    print(faults())
 """
 
 
@@ -453,13 +458,15 @@ def test_cpu_trainer_keeps_freed_memory_for_reuse(tmp_path):
     """A Trainer on the CPU makes malloc reuse freed blocks: a 64 MiB tensor allocated again is not
     page-faulted in again (16384 faults of 4 KiB each time by default); ``keep_freed_memory=False``
     leaves malloc as it was. In a fresh process, as the setting is process-wide."""
-    def faults(mode: str) -> int:
+    def faults(mode: str) -> list[int]:
         out = subprocess.run([sys.executable, "-c", _FAULTS_AFTER_TRAINER, mode, str(tmp_path / mode)],
                              capture_output=True, text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-        return int(out.stdout.split()[-1])
+        return [int(n) for n in out.stdout.split()[-2 if mode == "default" else -1:]]
 
-    assert faults("default") < 1000
-    assert faults("off") > 3 * 16384 * 0.9
+    kept, pinned = faults("default")
+    assert kept < 1000
+    assert pinned > 3 * 16384 * 0.9  # what bench measures memory under
+    assert faults("off")[0] > 3 * 16384 * 0.9
 
 
 class NanAfter(nn.Module):

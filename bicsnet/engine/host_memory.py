@@ -15,17 +15,17 @@ MALLOC_TRIM_THRESHOLD_=2147483647`` in the environment at process start.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import os
 
-__all__ = ["keep_freed_memory"]
+__all__ = ["keep_freed_memory", "pin_malloc_thresholds", "trim_heap"]
 
-# mallopt(3) parameter numbers, from glibc's <malloc.h>.
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_MAX = -4
+# mallopt(3) parameter numbers and glibc's default M_MMAP_MAX, from glibc's <malloc.h> / malloc.c.
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+M_MMAP_MAX = -4
+_MMAP_MAX_DEFAULT = 65536
 _INT_MAX = 2**31 - 1  # mallopt takes a C int
-
-_applied = False
 
 
 def _is_glibc() -> bool:
@@ -35,31 +35,61 @@ def _is_glibc() -> bool:
         return False
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    """The loaded C library with ``mallopt`` and ``malloc_trim`` typed; ``None`` where it is not glibc."""
+    if not _is_glibc():
+        return None
+    try:
+        lib = ctypes.CDLL(None)
+        lib.mallopt.argtypes, lib.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+        lib.malloc_trim.argtypes, lib.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
+    except (OSError, AttributeError):
+        return None
+    return lib
+
+
+def _mallopt(*settings: tuple[int, int]) -> bool:
+    lib = _libc()
+    return lib is not None and all(lib.mallopt(param, value) == 1 for param, value in settings)
+
+
 def keep_freed_memory() -> bool:
     """Make glibc's ``malloc`` keep freed memory for reuse instead of returning it to the kernel.
 
-    Sets ``M_MMAP_MAX`` to 0 (large blocks come from the heap, not from one ``mmap`` each)
-    and ``M_TRIM_THRESHOLD`` to 2 GiB - 1 (the heap is not shrunk after each step), for the
-    whole process and for the rest of its life (the settings cannot be read back, so
-    they are not undone). Peak resident memory is what the largest step needs, 9-15%
-    above the default's in the demo (``benchmarks/demo.md``), and stays there.
+    Sets ``M_TRIM_THRESHOLD`` to 2 GiB - 1 (the heap is not shrunk after each step) and
+    then ``M_MMAP_MAX`` to 0 (large blocks come from the heap, not from one ``mmap`` each),
+    for the whole process until something sets them again (:func:`pin_malloc_thresholds`
+    does). Peak resident memory is what the largest step needs, 9-15% above the
+    default's in the demo (``benchmarks/demo.md``), and stays there.
 
     Returns:
-        True when the settings are in force (also on a second call), False where the C
-        library is not glibc (macOS, Windows, musl): nothing is changed there.
+        True when the settings are in force, False where the C library is not glibc
+        (macOS, Windows, musl): nothing is changed there.
 
     Source: ``mallopt(3)``; PyTorch's performance tuning guide (CPU memory allocator).
     """
-    global _applied
-    if _applied:
-        return True
-    if not _is_glibc():
-        return False
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    mallopt = getattr(libc, "mallopt", None)
-    if mallopt is None:
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     # Trim threshold first: a heap that has grown is then never shrunk between the two calls.
-    _applied = bool(mallopt(_M_TRIM_THRESHOLD, _INT_MAX)) and bool(mallopt(_M_MMAP_MAX, 0))
-    return _applied
+    return _mallopt((M_TRIM_THRESHOLD, _INT_MAX), (M_MMAP_MAX, 0))
+
+
+def pin_malloc_thresholds() -> bool:
+    """Make glibc map every allocation over 64 KiB with ``mmap`` and unmap it on ``free``.
+
+    By default glibc raises its mmap threshold after large frees and keeps freed
+    tensors in the heap, so resident memory would depend on what ran before; fixed
+    thresholds make it track the live tensors, which is what a memory benchmark
+    wants (``bicsnet bench``). ``M_MMAP_MAX`` goes back to glibc's default, undoing
+    :func:`keep_freed_memory`. Allocation gets a little slower.
+
+    Returns:
+        True when the settings are in force, False off glibc (nothing changed).
+    """
+    return _mallopt((M_MMAP_MAX, _MMAP_MAX_DEFAULT), (M_MMAP_THRESHOLD, 64 * 1024), (M_TRIM_THRESHOLD, 128 * 1024))
+
+
+def trim_heap() -> None:
+    """Return the free memory at the top of glibc's heap to the kernel (``malloc_trim(0)``); nothing off glibc."""
+    lib = _libc()
+    if lib is not None:
+        lib.malloc_trim(0)

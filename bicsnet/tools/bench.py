@@ -42,7 +42,6 @@ their full top-k candidates, as a trained model on a busy image would.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import functools
 import gc
 import os
@@ -56,6 +55,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_map_only
 
+from ..engine.host_memory import pin_malloc_thresholds, trim_heap
 from ..errors import ConfigError
 from ..io import atomic_write_json
 from ..models.heads import IMAGENET_MEAN, IMAGENET_STD
@@ -375,31 +375,9 @@ def _proc_status_kb(field_name: str) -> int | None:
     return None
 
 
-_MALLOC_PINNED = False
-
-
-def _pin_malloc_thresholds() -> None:
-    """Make glibc map every allocation over 64 KiB with mmap (and unmap it on free).
-
-    By default glibc raises its mmap threshold after large frees and keeps
-    freed tensors in the heap, so RSS would depend on what ran before. Fixed
-    thresholds make RSS track the live tensors. It slows allocation a little,
-    so :func:`run_bench` measures memory after every timing.
-    """
-    global _MALLOC_PINNED
-    if _MALLOC_PINNED:
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
-        libc.mallopt(-1, 128 * 1024)  # M_TRIM_THRESHOLD
-        _MALLOC_PINNED = True
-
-
 def _trim_heap() -> None:
     gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    trim_heap()
 
 
 def _reset_peak_rss() -> bool:
@@ -426,7 +404,7 @@ def peak_memory_mb(fn: Callable[[], Any], device: torch.device) -> float | None:
         fn()
         _sync(device)
         return round((torch.cuda.max_memory_allocated(device) - base) / 2**20, 1)
-    _pin_malloc_thresholds()
+    pin_malloc_thresholds()
     _trim_heap()
     base = _proc_status_kb("VmRSS")
     if base is None or not _reset_peak_rss():
@@ -637,7 +615,7 @@ def run_bench(
         for role, times in zip(roles, _runtime_latency(works, rt, warmup, iters)):
             results[role].setdefault("runtimes", {})[rt] = times
 
-    if memory:  # last: it pins malloc's thresholds (see _pin_malloc_thresholds)
+    if memory:  # last: it pins malloc's thresholds (see bicsnet.engine.host_memory.pin_malloc_thresholds)
         say("peak memory")
         for role, w, step in zip(roles, works, steps):
             # After a step the optimizer state exists; free gradients, then measure one more step.
