@@ -13,7 +13,8 @@ exactly as ``benchmarks/int8.py`` does (``bicsnet.tools.quantize``). ``--pair``:
 builds both networks of a ``bicsnet bench`` pair and converts each network-only
 graph (``bicsnet.tools.runtimes.to_openvino``) at the pair's input size. Each
 compiled model runs with OpenVINO's per-layer performance counters
-(``PERF_COUNT``) at FP32 inference precision, ``--runs`` calls, and the script
+(``PERF_COUNT``) at FP32 inference precision (``--precision default``: the
+plugin's own, bf16 on CPUs with AVX-512 BF16 or AMX), ``--runs`` calls, and the script
 prints the mean milliseconds per call by layer type and by the kernel OpenVINO
 chose (its ``exec_type``: ``jit_avx2_I8`` is an INT8 kernel, ``brgconv_avx2_1x1_f32``
 a float 1x1 convolution, ``ref_*`` a reference implementation), with each
@@ -32,7 +33,7 @@ from typing import Any
 from bicsnet.io import atomic_write_json
 from bicsnet.tools.export import OnnxDetector, export_checkpoint
 from bicsnet.tools.quantize import calibration_inputs, images_from, quantize_openvino
-from bicsnet.tools.runtimes import cpu_name
+from bicsnet.tools.runtimes import PRECISIONS, cpu_name
 from bicsnet.tools.signal_stack import keep_signal_stack
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "strawberry"
@@ -98,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calib", type=int, default=100, help="--run: calibration images used (the first N, sorted)")
     p.add_argument("--threads", type=int, default=2, help="OpenVINO inference threads")
     p.add_argument("--runs", type=int, default=30, help="profiled calls per model")
+    p.add_argument("--precision", choices=PRECISIONS, default="f32",
+                   help="OpenVINO inference precision: f32, or the plugin's default (bf16 where the CPU has it)")
     p.add_argument("--top", type=int, default=10, help="rows printed per table")
     p.add_argument("--out", type=Path, default=None, help="write the profile as JSON here")
     args = p.parse_args(argv)
@@ -109,13 +112,15 @@ def main(argv: list[str] | None = None) -> int:
         models, x = _trained_pair(args.run, args)
     else:
         models, x, gmacs = _bench_pair(args.pair)
-    config = {"PERF_COUNT": "YES", "INFERENCE_NUM_THREADS": args.threads, "INFERENCE_PRECISION_HINT": "f32"}
+    config: dict[str, Any] = {"PERF_COUNT": "YES", "INFERENCE_NUM_THREADS": args.threads}
+    if args.precision == "f32":
+        config["INFERENCE_PRECISION_HINT"] = "f32"
     with keep_signal_stack():  # OpenVINO's CPU plugin can leave a dangling signal stack behind
         core = ov.Core()
         profiles = {name: profile(core.compile_model(m, "CPU", config), x, args.runs) for name, m in models.items()}
     result: dict[str, Any] = {
         "what": str(args.run) if args.run is not None else f"pair {args.pair}",
-        "cpu": cpu_name(), "threads": args.threads, "runs": args.runs, "openvino": ov.__version__, "gmacs": gmacs,
+        "cpu": cpu_name(), "threads": args.threads, "runs": args.runs, "precision": args.precision, "openvino": ov.__version__, "gmacs": gmacs,
         "profiles": profiles,
     }  # fmt: skip
     names = list(result["profiles"])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +107,13 @@ def classifier_onnx(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, lis
     tmp = tmp_path_factory.mktemp("quant")
     torch.manual_seed(0)
     model = bicsnet.create_model("bicsnet_48_no_sfm", "classification", 5, **TINY).eval()
+    with torch.no_grad():  # BN statistics as after training: every folded convolution gets a non-zero bias
+        for bn in model.modules():
+            if isinstance(bn, torch.nn.BatchNorm2d):
+                bn.running_mean.normal_(0, 0.1)
+                bn.running_var.uniform_(0.5, 1.5)
+                bn.weight.uniform_(0.5, 1.5)
+                bn.bias.normal_(0, 0.1)
     path = export_onnx(model, "classification", tmp / "cls.onnx", 64, metadata={"class_names": list("abcde")})
     sizes = [(60 + 7 * i, 90 - 3 * i) for i in range(12)]
     calib = Q.calibration_inputs("classification", _write_images(tmp / "calib", sizes), 64, None)
@@ -125,6 +133,28 @@ def _assert_close_to_fp32(fp32: list[np.ndarray], int8: list[np.ndarray]) -> Non
     assert not np.array_equal(a, b)  # it did change the arithmetic
 
 
+def _activation_ranges(model: Any) -> dict[str, tuple[float, float]]:
+    """``(low, high)`` of every FakeQuantize on an activation (not a weight), by name."""
+    out = {}
+    for op in model.get_ops():
+        if op.get_type_name() == "FakeQuantize" and op.input_value(0).get_node().get_type_name() != "Constant":
+            lo, hi = (op.input_value(i).get_node().get_data() for i in (1, 2))
+            out[op.get_friendly_name()] = (float(lo.min()), float(hi.max()))
+    return out
+
+
+def _conv_biases(model: Any) -> dict[str, np.ndarray]:
+    """The bias constant of every convolution (the ``Add`` after it), by the ``Add``'s name."""
+    out = {}
+    for op in model.get_ops():
+        if op.get_type_name() != "Add":
+            continue
+        parents = [v.get_node() for v in op.input_values()]
+        if parents[0].get_type_name() in ("Convolution", "GroupConvolution") and parents[1].get_type_name() == "Constant":
+            out[op.get_friendly_name()] = parents[1].get_data().copy()
+    return out
+
+
 def test_openvino_int8_has_fake_quantize_and_follows_fp32(classifier_onnx: tuple[Path, list[np.ndarray]]) -> None:
     ov = pytest.importorskip("openvino")
     pytest.importorskip("nncf")
@@ -135,10 +165,26 @@ def test_openvino_int8_has_fake_quantize_and_follows_fp32(classifier_onnx: tuple
     convs = types.count("Convolution") + types.count("GroupConvolution")
     assert types.count("FakeQuantize") >= convs > 0  # at least the input and the weights of every convolution
     assert "FakeQuantize" not in [op.get_type_name() for op in fp32.get_ops()]  # the input model is left alone
+    # No bias correction (it cost 48S 0.2-0.7 point of box AP, benchmarks/deploy.md): every bias as trained.
+    biases32, biases8 = _conv_biases(fp32), _conv_biases(int8)
+    assert len(biases32) >= convs and biases8.keys() == biases32.keys()
+    for name, b in biases32.items():
+        np.testing.assert_array_equal(biases8[name], b, err_msg=name)
     with keep_signal_stack():  # the CPU plugin's own stack dangles once Cores go in creation order
         core = ov.Core()
         c32, c8 = core.compile_model(fp32, "CPU"), core.compile_model(int8, "CPU")
     _assert_close_to_fp32([c32(x)[0] for x in calib], [c8(x)[0] for x in calib])
+    # The histogram ranges (the default) lie within the calibration extremes ("minmax"; up to the
+    # histogram's bin edges, 1% of the range) and clip some of them by more than 5%.
+    hist, extremes = _activation_ranges(int8), _activation_ranges(Q.quantize_openvino(fp32, calib, ranges="minmax"))
+    assert hist.keys() == extremes.keys() and len(hist) > 0
+    widths = {n: extremes[n][1] - extremes[n][0] for n in hist}
+    for name, (lo, hi) in hist.items():
+        slack = 0.01 * widths[name]
+        assert extremes[name][0] - slack <= lo <= hi <= extremes[name][1] + slack, name
+    assert any(hist[n][1] - hist[n][0] < 0.95 * widths[n] for n in hist)
+    with pytest.raises(ConfigError, match="ranges: choose from histogram"):
+        Q.quantize_openvino(fp32, calib, ranges="entropy")
 
 
 def test_onnx_int8_has_quantize_linear_and_follows_fp32(classifier_onnx: tuple[Path, list[np.ndarray]], tmp_path: Path) -> None:
