@@ -37,7 +37,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from .engine.checkpoint import PROBLEMS, LoadReport, apply_state, load_model, safe_torch_load, sniff_format
+from .engine.checkpoint import PROBLEMS, LoadReport, apply_state, exported_model_kind, load_model, safe_torch_load, sniff_format
 from .engine.distributed import unwrap_model
 from .errors import CheckpointError
 
@@ -106,6 +106,10 @@ def read_weights(path: str | os.PathLike) -> WeightsFile:
             raise CheckpointError(f"{path}: holds no tensors")
         return WeightsFile(path, tensors, meta)
     if kind is None:
+        exported = exported_model_kind(path)
+        if exported is not None:
+            raise CheckpointError(f"{path}: an exported {exported} model, not a weights file: initialise from a "
+                                  "model.safetensors or a torch.save state dict")  # fmt: skip
         raise CheckpointError(f"{path}: not a weights file: neither safetensors nor torch.save data (truncated or corrupt?)")
     obj = safe_torch_load(path, what="weights file", refused_hint=_REFUSED_HINT)
     found = _find_state_dict(obj)

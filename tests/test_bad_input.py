@@ -556,6 +556,19 @@ CASES: list[Case] = [
           lambda ws, tmp: (_copy(ws.ckpt["classification"].parent, tmp / "c"), _truncate(tmp / "c" / "classification.safetensors"),
                            ["eval", "--checkpoint", str(tmp / "c" / "classification.safetensors"), "--out", str(tmp / "out")])[-1],
           "classification.safetensors", "truncated"),  # fmt: skip
+    # Exported models given where a training checkpoint goes: named as exports, not as "corrupt".
+    _stop("checkpoint-exported-onnx",
+          lambda ws, tmp: ((tmp / "m.onnx").write_bytes(b"\x08\x08\x12\x07pytorch" + bytes(64)),
+                           ["eval", "--checkpoint", str(tmp / "m.onnx"), "--out", str(tmp / "out")])[-1],
+          "m.onnx: an exported ONNX model, not a bicsnet checkpoint", "bicsnet.tools.runtimes.load_exported"),  # fmt: skip
+    _stop("checkpoint-exported-openvino-any-suffix",
+          lambda ws, tmp: ((tmp / "net").write_text('<?xml version="1.0"?>\n<net name="m" version="11"></net>\n'),
+                           ["predict", "--checkpoint", str(tmp / "net"), str(_jpeg(tmp / "a.jpg")), "--out", str(tmp / "out")])[-1],
+          "net: an exported OpenVINO model, not a bicsnet checkpoint"),  # fmt: skip
+    _stop("export-calibration-without-int8",
+          lambda ws, tmp: ["export", "--checkpoint", str(ws.ckpt["classification"]), "--calib-images", str(tmp),
+                           "--calib-count", "8", "--out", str(tmp / "out" / "m.onnx")],
+          "--calib-images and --calib-count only apply with --int8"),  # fmt: skip
     _stop("checkpoint-foreign-safetensors",
           lambda ws, tmp: (__import__("safetensors.torch").torch.save_file({"w": torch.zeros(2)}, str(tmp / "f.safetensors")),
                            ["eval", "--checkpoint", str(tmp / "f.safetensors"), "--out", str(tmp / "out")])[-1],

@@ -279,6 +279,7 @@ def test_detector_backbone_into_segmentation_via_train_flag(synth, tmp_path, sta
 def test_cli_refuses_bad_weights_in_one_line(cls5, synth, tmp_path, started, capsys) -> None:
     (tmp_path / "corrupt.pth").write_bytes(b"PK\x03\x04" + b"\x00" * 64)
     torch.save(cls5, tmp_path / "plain.pth")
+    (tmp_path / "net.onnx").write_bytes(b"\x08\x08\x12\x07pytorch" + bytes(64))  # an ONNX protobuf's first bytes
     cases = [
         (_train("classification", synth, tmp_path / "a", "--weights", str(tmp_path / "corrupt.pth")),
          f"{tmp_path / 'corrupt.pth'}: unreadable weights file (truncated or corrupt?)"),
@@ -287,6 +288,8 @@ def test_cli_refuses_bad_weights_in_one_line(cls5, synth, tmp_path, started, cap
          "--weights (model.weights) and --backbone-weights (model.backbone_weights): give one"),
         (_train("classification", synth, tmp_path / "d", "--strict"),
          "--strict (model.strict_weights) applies to --weights (model.weights), which is not given"),
+        (_train("classification", synth, tmp_path / "e", "--weights", str(tmp_path / "net.onnx")),
+         f"{tmp_path / 'net.onnx'}: an exported ONNX model, not a weights file"),
         (["eval", "--checkpoint", str(tmp_path / "plain.pth"), "--out", str(tmp_path / "ev")],
          f"{tmp_path / 'plain.pth'}: a PyTorch (torch.save) weights file, not a bicsnet checkpoint"),
     ]  # fmt: skip

@@ -11,6 +11,7 @@ __all__ = ["register"]
 
 def register(sub: argparse._SubParsersAction) -> None:
     from ..tools.export import FORMATS
+    from ..tools.quantize import DEFAULT_CALIBRATION_COUNT
 
     p = sub.add_parser(
         "export",
@@ -36,7 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "reports the max and mean relative difference instead of failing on --tolerance (default: off)")
     p.add_argument("--calib-images", help="calibration images for --int8: a folder or COCO JSON "
                    "(default: the training images in the checkpoint's run config.yaml)")
-    p.add_argument("--calib-count", type=int, default=300, help="calibration images used by --int8 (default: %(default)s)")
+    p.add_argument("--calib-count", type=int, default=None,
+                   help=f"calibration images used by --int8 (default: {DEFAULT_CALIBRATION_COUNT})")
     p.add_argument("--check-images", help="compare with PyTorch on these images (folder or COCO JSON; first 2) "
                    "instead of one random input (default: none, random input); --dynamic also checks a second size")
     p.add_argument("--no-check", action="store_true", help="skip the exported vs PyTorch comparison")
@@ -46,13 +48,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     from ..tools.export import check_export, export_checkpoint, remove_export
+    from ..tools.quantize import DEFAULT_CALIBRATION_COUNT
 
     ckpt = Path(args.checkpoint)
     if not ckpt.exists():
         raise CheckpointError(f"{ckpt}: no such checkpoint")
     if args.batch < 1:
         raise ConfigError("--batch must be >= 1")
-    if args.calib_count < 1:
+    if not args.int8:
+        given = [flag for flag, value in (("--calib-images", args.calib_images), ("--calib-count", args.calib_count)) if value is not None]
+        if given:  # calibration settings without --int8 would be silently ignored: a float export the user did not ask for
+            verb, pronoun = ("applies", "it") if len(given) == 1 else ("apply", "them")
+            raise ConfigError(f"{' and '.join(given)} only {verb} with --int8 (INT8 calibration); add --int8 or drop {pronoun}")
+    calib_count = DEFAULT_CALIBRATION_COUNT if args.calib_count is None else args.calib_count
+    if calib_count < 1:
         raise ConfigError("--calib-count must be >= 1")
     for flag, value in (("--check-images", args.check_images), ("--calib-images", args.calib_images)):
         if value is not None and not Path(value).exists():  # before minutes of exporting
@@ -60,7 +69,7 @@ def run_export(args: argparse.Namespace) -> int:
     out = export_checkpoint(
         ckpt, args.out, format=args.format, dynamic=args.dynamic, img_size=args.img_size, batch=args.batch,
         opset=args.opset, simplify=not args.no_simplify, deploy=args.deploy, int8=args.int8,
-        calib_images=args.calib_images, calib_count=args.calib_count,
+        calib_images=args.calib_images, calib_count=calib_count,
     )  # fmt: skip
     written = f"{out}" + (f" and {out.with_suffix('.bin')}" if args.format == "openvino" else "")
     if not args.no_check:

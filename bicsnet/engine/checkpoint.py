@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +56,7 @@ __all__ = [
     "apply_state",
     "load_state_into",
     "sniff_format",
+    "exported_model_kind",
     "safe_torch_load",
     "save_training_state",
     "load_training_state",
@@ -139,9 +141,41 @@ def sniff_format(path: str | os.PathLike) -> str | None:
     return None
 
 
+#: Suffixes of exported models (ONNX, OpenVINO IR, TensorRT engines), by what they are.
+#: (Not ``.bin``: OpenVINO's weights file has no header, and the suffix is common for other files.)
+_EXPORTED_SUFFIXES = {".onnx": "ONNX", ".xml": "OpenVINO", ".engine": "TensorRT", ".plan": "TensorRT"}
+
+
+def exported_model_kind(path: str | os.PathLike) -> str | None:
+    """What kind of exported model ``path`` is (``"ONNX"``, ``"OpenVINO"``, ``"TensorRT"``), else None.
+
+    From the suffix (``.onnx``, ``.xml``, ``.engine``, ``.plan``) or,
+    whatever the suffix, an XML file whose root is ``<net>`` (OpenVINO IR). Lets the checkpoint and
+    weights readers say "an exported model" instead of "corrupt".
+    """
+    path = Path(path)
+    kind = _EXPORTED_SUFFIXES.get(path.suffix.lower())
+    if kind is not None:
+        return kind
+    try:
+        with open(path, "rb") as f:
+            head = f.read(256)
+    except OSError:
+        return None
+    # OpenVINO IR: an optional XML declaration, then the <net> root (other XML, e.g. VOC, is not claimed).
+    return "OpenVINO" if re.match(rb"\s*(<\?xml[^>]*\?>\s*)?<net[\s>]", head) else None
+
+
 def _read_metadata(path: Path) -> dict[str, str]:
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
+    kind = exported_model_kind(path)
+    if kind is not None and sniff_format(path) != "safetensors":
+        raise CheckpointError(
+            f"{path}: an exported {kind} model, not a bicsnet checkpoint: eval, predict and export take a training "
+            "run's model.safetensors (or its run directory); run an exported model with "
+            "bicsnet.tools.runtimes.load_exported"
+        )
     if sniff_format(path) == "torch":
         raise CheckpointError(f"{path}: a PyTorch (torch.save) weights file, not a bicsnet checkpoint: "
                               + _PLAIN_WEIGHTS_HINT.format(path=path))  # fmt: skip

@@ -47,6 +47,7 @@ from torchvision.ops import boxes as box_ops
 from ..errors import ConfigError
 from ..io import atomic_save_files
 from ..tasks import TASKS, get_task
+from .quantize import DEFAULT_CALIBRATION_COUNT
 
 __all__ = [
     "export_module",
@@ -262,7 +263,7 @@ def export_checkpoint(
     deploy: bool = False,
     int8: bool = False,
     calib_images: str | os.PathLike | None = None,
-    calib_count: int = 300,
+    calib_count: int = DEFAULT_CALIBRATION_COUNT,
 ) -> Path:
     """Rebuild a trained model from its ``model.safetensors`` and export it (ONNX, or OpenVINO IR).
 
