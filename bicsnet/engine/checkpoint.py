@@ -169,14 +169,15 @@ def exported_model_kind(path: str | os.PathLike) -> str | None:
 def _read_metadata(path: Path) -> dict[str, str]:
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
+    fmt = sniff_format(path)
     kind = exported_model_kind(path)
-    if kind is not None and sniff_format(path) != "safetensors":
+    if kind is not None and fmt != "safetensors":
         raise CheckpointError(
             f"{path}: an exported {kind} model, not a bicsnet checkpoint: eval, predict and export take a training "
             "run's model.safetensors (or its run directory); run an exported model with "
             "bicsnet.tools.runtimes.load_exported"
         )
-    if sniff_format(path) == "torch":
+    if fmt == "torch":
         raise CheckpointError(f"{path}: a PyTorch (torch.save) weights file, not a bicsnet checkpoint: "
                               + _PLAIN_WEIGHTS_HINT.format(path=path))  # fmt: skip
     try:
