@@ -1,4 +1,4 @@
-"""Convolution + residual add + activation as one oneDNN call, for CPU inference (``bicsnet.deploy``).
+"""oneDNN paths for CPU: convolution + residual add + activation as one call (``bicsnet.deploy``), and max-pooling.
 
 Eager PyTorch runs ``relu(conv(x) + other)`` as three operators, each a pass
 over memory and a dispatch, and re-lays out the weight of every convolution
@@ -16,6 +16,12 @@ does: float32 CPU tensors, no autograd, and not while tracing, scripting,
 compiling or exporting (``torch.export``, ONNX, OpenVINO see the plain
 operators). Everywhere else :class:`FusedConv2d` runs ``F.conv2d`` + add +
 activation, so deployed models export and run on CUDA unchanged.
+
+:class:`OneDNNMaxPool2d` is ``nn.MaxPool2d`` for training and inference alike:
+PyTorch's own kernel for NCHW (contiguous) CPU tensors is a scalar loop, 4-12
+times slower than oneDNN's pooling on the ResNet stem's 64-channel maps
+(``benchmarks/deploy.md``), so on such tensors it runs oneDNN's, forward and
+backward; elsewhere (channels-last, CUDA, tracing) the plain operator.
 """
 from __future__ import annotations
 
@@ -25,7 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["InferenceOnly", "FusedConv2d", "onednn_available", "use_onednn", "ACTIVATION_NAMES"]
+__all__ = [
+    "InferenceOnly", "FusedConv2d", "OneDNNMaxPool2d", "onednn_available", "use_onednn", "use_onednn_pool",
+    "ACTIVATION_NAMES",
+]
 
 #: Activation modules a fused convolution can apply, by oneDNN post-op name.
 ACTIVATION_NAMES: dict[type[nn.Module], str] = {nn.ReLU: "relu", nn.SiLU: "swish"}
@@ -46,6 +55,7 @@ def onednn_available() -> bool:
 
 
 _AVAILABLE = onednn_available()
+_POOL_AVAILABLE = _AVAILABLE and hasattr(torch, "mkldnn_max_pool2d")
 
 
 def _tracing() -> bool:
@@ -235,3 +245,55 @@ class FusedConv2d(InferenceOnly):
             f"{self.in_channels}, {self.out_channels}, kernel_size={k}, stride={tuple(self.stride)}, "
             f"padding={tuple(self.padding)}, groups={self.groups}, act={self.act}"
         )
+
+
+def use_onednn_pool(x: torch.Tensor) -> bool:
+    """Whether :class:`OneDNNMaxPool2d` takes the oneDNN path for input ``x``.
+
+    True for plain, contiguous (NCHW) float32 or bfloat16 CPU tensors of 4
+    dimensions with oneDNN enabled, outside tracing / scripting / compiling /
+    exporting, with or without autograd. Channels-last tensors take PyTorch's
+    own kernel, which is vectorised for that layout.
+    """
+    return (
+        _POOL_AVAILABLE
+        and type(x) is torch.Tensor
+        and x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.bfloat16)
+        and x.dim() == 4
+        and x.is_contiguous()
+        and torch.backends.mkldnn.enabled
+        and not _tracing()
+    )
+
+
+class OneDNNMaxPool2d(nn.MaxPool2d):
+    """``nn.MaxPool2d`` (no dilation, no indices) that runs oneDNN's pooling on NCHW CPU tensors.
+
+    Shapes, padding and ``ceil_mode`` as :class:`torch.nn.MaxPool2d`;
+    ``(N, C, H, W)`` -> ``(N, C, H', W')``. Where :func:`use_onednn_pool` holds,
+    the input goes to oneDNN's layout, through ``torch.mkldnn_max_pool2d`` (whose
+    backward routes each gradient to the same input position as PyTorch's:
+    the first maximum of the window in row-major order) and back; elsewhere
+    ``F.max_pool2d``. Both give identical outputs; gradients are identical up
+    to the order in which overlapping windows' contributions are summed
+    (tested in ``tests/test_fused_ops.py``). It takes no ``dilation`` or
+    ``return_indices``: bicsnet's pools use neither.
+    """
+
+    def __init__(self, kernel_size: Any, stride: Any = None, padding: Any = 0, ceil_mode: bool = False) -> None:
+        super().__init__(kernel_size, stride, padding, dilation=1, return_indices=False, ceil_mode=ceil_mode)
+
+    @staticmethod
+    def _pair(v: Any) -> list[int]:
+        return [int(v), int(v)] if isinstance(v, int) else [int(i) for i in v]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not use_onednn_pool(x):
+            return super().forward(x)
+        stride = self.stride if self.stride is not None else self.kernel_size
+        y = torch.mkldnn_max_pool2d(
+            x.to_mkldnn(), self._pair(self.kernel_size), self._pair(stride), self._pair(self.padding),
+            [1, 1], self.ceil_mode,
+        )  # fmt: skip
+        return y.to_dense()

@@ -120,12 +120,18 @@ def test_deploy_counts_fewer_operators_and_convolutions() -> None:
 def test_deploy_torchvision_baseline_folds_batchnorm() -> None:
     import torchvision
 
+    from bicsnet.fused_ops import OneDNNMaxPool2d
+
     model = _randomize(torchvision.models.resnet18(num_classes=5))
     x = torch.rand(1, 3, 64, 64)
+    dep = deploy(model)
     with torch.no_grad():
         ref = model(x)
-        out = deploy(model)(x)
+        out = dep(x)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    # The stem's max-pool runs on oneDNN too (rewrite 8), so baselines get what bicsnet's backbones have.
+    assert dep.deploy_report["max_pools_replaced"] == 1 and isinstance(dep.maxpool, OneDNNMaxPool2d)
+    assert type(model.maxpool) is nn.MaxPool2d
 
 
 @pytest.mark.parametrize("k", [2, 3])
@@ -262,3 +268,81 @@ def test_fused_deploy_exports_plain_operators() -> None:
     assert any("conv2d" in t or "convolution" in t for t in targets)
     with torch.no_grad():
         _assert_close(tuple(program.module()(x).values()), tuple(dep(x).values()))
+
+
+# --------------------------------------------------------------------------- oneDNN max-pooling
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    "kernel,stride,padding,ceil_mode,size",
+    [(3, 2, 1, False, (40, 41)), (3, 2, 1, False, (9, 6)), (7, 4, 3, False, (37, 64)), (15, 8, 7, False, (33, 20)),
+     (3, 2, 0, True, (10, 11)), (2, None, 0, False, (8, 8))],
+)  # fmt: skip
+def test_onednn_max_pool_equals_max_pool(dtype, kernel, stride, padding, ceil_mode, size) -> None:
+    """Forward values identical to nn.MaxPool2d; each gradient goes to the same input position (training uses it)."""
+    from bicsnet.fused_ops import OneDNNMaxPool2d, onednn_available, use_onednn_pool
+
+    g = torch.Generator().manual_seed(0)
+    # ReLU'd values with a block of equal maxima: ties must go to the same (first) position.
+    x = torch.randn(2, 5, *size, generator=g).relu().to(dtype)
+    x[0, 1, 2:7, 2:7] = 1.5
+    ours = OneDNNMaxPool2d(kernel, stride, padding, ceil_mode=ceil_mode)
+    ref = nn.MaxPool2d(kernel, stride, padding, ceil_mode=ceil_mode)
+    assert use_onednn_pool(x) == onednn_available()
+    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    ya, yb = ours(xa), ref(xb)
+    assert ya.dtype == dtype and ya.is_contiguous()
+    assert torch.equal(ya, yb)
+    # Integer gradients sum exactly: equal input gradients mean equal routing, ties included.
+    grad = torch.randint(-3, 4, yb.shape, generator=g).to(dtype)
+    ya.backward(grad)
+    yb.backward(grad)
+    assert torch.equal(xa.grad, xb.grad)
+    # Channels-last input takes PyTorch's own (vectorised) kernel: the same values.
+    cl = x.contiguous(memory_format=torch.channels_last)
+    assert not use_onednn_pool(cl)
+    assert torch.equal(ours(cl), yb.detach())
+
+
+def test_onednn_max_pool_is_plain_when_exported() -> None:
+    from bicsnet.fused_ops import OneDNNMaxPool2d
+
+    program = torch.export.export(nn.Sequential(OneDNNMaxPool2d(3, 2, 1)), (torch.rand(1, 4, 16, 16),))
+    targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert not any("mkldnn" in t for t in targets) and any("max_pool2d" in t for t in targets), targets
+
+
+def test_backbone_pools_take_the_onednn_path_in_training() -> None:
+    """The stem and Down-Sampling max-pools are OneDNNMaxPool2d; a training step's gradients are as exact as with plain pools.
+
+    Gradients through oneDNN's pooling differ from PyTorch's only in the order
+    overlapping windows are summed, so both are compared with a float64 run
+    (which takes the plain path): neither may be further from it than the other
+    by more than float rounding.
+    """
+    import copy
+
+    from bicsnet.fused_ops import OneDNNMaxPool2d
+
+    model = _tiny("bicsnet_48").train()
+    pools = [m for m in model.modules() if isinstance(m, nn.MaxPool2d)]
+    assert pools and all(isinstance(m, OneDNNMaxPool2d) for m in pools)
+    plain = copy.deepcopy(model)
+    for m in list(plain.modules()):
+        for child_name, child in list(m.named_children()):
+            if isinstance(child, OneDNNMaxPool2d):
+                setattr(m, child_name, nn.MaxPool2d(child.kernel_size, child.stride, child.padding))
+    reference = copy.deepcopy(plain).double()
+    x = torch.rand(2, 3, 96, 80)
+
+    def grads(m: nn.Module, inp: torch.Tensor) -> dict[str, torch.Tensor]:
+        sum(v.square().mean() for v in m(inp).values()).backward()
+        return {n: p.grad.double() for n, p in m.named_parameters() if p.grad is not None}
+
+    ours, theirs, exact = grads(model, x), grads(plain, x), grads(reference, x.double())
+    assert ours.keys() == exact.keys()
+    for name, g in exact.items():
+        scale = g.norm().clamp_min(1e-12)
+        err_ours, err_plain = ((ours[name] - g).norm() / scale).item(), ((theirs[name] - g).norm() / scale).item()
+        assert err_ours <= 1.5 * err_plain + 1e-5, (name, err_ours, err_plain)

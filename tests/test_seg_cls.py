@@ -180,8 +180,10 @@ def test_segmentation_learns(seg_run: Path) -> None:
 
 def test_classification_learns(cls_run: Path) -> None:
     rows = _read_log(cls_run / "log.csv")
-    first = np.mean([r["loss"] for r in rows[:4]])
-    last = np.mean([r["loss"] for r in rows[-4:]])
+    # Whole epochs (6 steps each): one batch of 8 at lr 0.2 swings the loss by +-0.5, so four
+    # steps at either end are a coin flip (1.80 -> 1.68 in one run whose last 3 epochs average 1.45).
+    first = np.mean([r["loss"] for r in rows[:6]])
+    last = np.mean([r["loss"] for r in rows[-18:]])
     assert last < 0.9 * first
     metrics = json.loads((cls_run / "metrics.json").read_text())
     assert metrics["top1"] > 0.35  # chance: 1/6; seeds 0-2 reach 0.5-0.72

@@ -41,6 +41,7 @@ from torchvision.ops import FeaturePyramidNetwork
 
 from ..dataclass_checks import reject_unknown_fields
 from ..errors import ConfigError
+from ..fused_ops import OneDNNMaxPool2d
 from .blocks import block_out_channels, create_block, list_blocks, make_divisible
 from .fusion import DOWN_SAMPLINGS, FUSIONS, BranchBase, PlainResampleBranch, ResampleBranch, SpatialFusionModule
 from .layers import ACTIVATIONS, NORM_LAYERS, ConvNormAct
@@ -329,7 +330,7 @@ class BiCSNet(PyramidBackbone):
         if cfg.stem == "resnet":
             stem_ch = cfg.stem_channels
             self.stem = ConvNormAct(3, stem_ch, 7, stride=2, norm=norm, act=act)
-            self.stem_pool: nn.Module = nn.MaxPool2d(3, 2, 1)
+            self.stem_pool: nn.Module = OneDNNMaxPool2d(3, 2, 1)
         else:
             # Lite: 3x3 stride-2 conv to L1; the first stem block strides to L2.
             stem_ch = filters[1]

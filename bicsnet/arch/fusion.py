@@ -43,6 +43,7 @@ from torch import nn
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from ..errors import ConfigError
+from ..fused_ops import OneDNNMaxPool2d
 from .layers import ConvNormAct, make_act
 
 __all__ = [
@@ -143,7 +144,7 @@ def _down_layers(channels: int, steps: int, down: str, norm: str, act: str) -> l
         # Lite models (Section V-E, following [64]): space-to-depth then a
         # stride-2 conv, i.e. a 2x2 pixel-unshuffle and a 1x1 mixing conv.
         first = [SpaceToDepth(), ConvNormAct(channels * 4, channels, 1, norm=norm, act=act)]
-    return first + [nn.MaxPool2d(3, 2, 1) for _ in range(steps - 1)]
+    return first + [OneDNNMaxPool2d(3, 2, 1) for _ in range(steps - 1)]
 
 
 class BranchBase(nn.Module):
@@ -226,7 +227,7 @@ class PlainResampleBranch(BranchBase):
 
     def __init__(self, in_channels: int, in_level: int, out_channels: int, out_level: int, norm: str = "bn") -> None:
         super().__init__(in_level, out_level)
-        self.down = nn.Sequential(*[nn.MaxPool2d(3, 2, 1) for _ in range(max(0, out_level - in_level))])
+        self.down = nn.Sequential(*[OneDNNMaxPool2d(3, 2, 1) for _ in range(max(0, out_level - in_level))])
         self.project: nn.Module = (
             ConvNormAct(in_channels, out_channels, 1, norm=norm, act=None)
             if in_channels != out_channels
