@@ -49,7 +49,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from .data.image import IMAGE_EXTENSIONS, load_image
+from .data.image import IMAGE_EXTENSIONS, load_image, to_float_image
 from .errors import ConfigError, DataError
 from .io import atomic_open, atomic_write_json, atomic_write_text
 from .tasks import Prediction, TaskSpec, get_task
@@ -326,7 +326,8 @@ def _video_frames(path: Path, fps: Fraction) -> Iterator[tuple[Tensor, float]]:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"  # FFmpeg's frame/slice threads: decoding keeps up with a GPU
             for frame in container.decode(stream):
-                rgb = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1).float().div_(255.0)
+                # x / 255 as for image files, contiguous C, H, W (the HWC frame's permuted view is slow downstream).
+                rgb = to_float_image(torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1))
                 yield rgb, float(frame.time) if frame.time is not None else count / fps
                 count += 1
     except av.error.FFmpegError as e:

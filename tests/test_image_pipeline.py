@@ -286,6 +286,41 @@ def test_eval_transforms_equal_the_float_pipeline_exactly() -> None:
     assert b.dtype == boxes.dtype and m.dtype == torch.uint8 and torch.equal(m, mask)
 
 
+def test_every_pipeline_hands_the_model_contiguous_chw_images() -> None:
+    """torchvision's JPEG decoder returns H, W, C memory (a permuted view), which the uint8 transforms keep;
+    the float image leaves as C, H, W in memory.
+
+    On the permuted view every later per-image step in the model runs several times
+    slower (the detectors' normalisation: 175 against 15 us per 256 px image,
+    benchmarks/demo.md). Values are unchanged: x / 255 of the same pixels.
+    """
+    photo = torch.from_numpy(_photo(120, 160)).permute(2, 0, 1)  # as read_image gives a JPEG
+    assert photo.stride(-1) == 3
+    target = {"boxes": tv_tensors.BoundingBoxes([[10, 10, 90, 70]], format="XYXY", canvas_size=(120, 160)),
+              "labels": torch.tensor([1]), "iscrowd": torch.zeros(1, dtype=torch.int64)}  # fmt: skip
+    mask = tv_tensors.Mask(torch.randint(0, 5, (120, 160)))
+    torch.manual_seed(0)
+    outputs = {
+        "detection train": detection_train_transforms(96, scale_range=(0.5, 2.0))(tv_tensors.Image(photo), target)[0],
+        "detection eval": detection_eval_transforms()(tv_tensors.Image(photo)),
+        "segmentation train": segmentation_train_transforms(64)(tv_tensors.Image(photo), mask)[0],
+        "segmentation eval": segmentation_eval_transforms()(tv_tensors.Image(photo)),
+        "classification train": classification_train_transforms(32)(photo),
+        "classification eval": classification_eval_transforms(32)(photo),
+    }
+    for name, img in outputs.items():
+        # C, H, W order in memory: each row contiguous, channel planes apart (a centre crop may be a
+        # view of a larger image: collate stacks it anyway); a channels-last view has stride 3 along W.
+        assert img.dtype == torch.float32 and img.stride(-1) == 1, (name, img.stride())
+        assert img.stride(0) >= img.stride(1) * img.shape[1], (name, img.stride())
+    # A video frame (H, W, C array, permuted) becomes contiguous with the same values.
+    hwc = torch.from_numpy(_photo(40, 30)).permute(2, 0, 1)
+    assert not hwc.is_contiguous()
+    out = to_float_image(hwc)
+    assert out.is_contiguous() and torch.equal(out, hwc.contiguous().float() / 255)
+    assert to_float_image(hwc.float()).is_contiguous()
+
+
 # --------------------------------------------------------------------------- datasets
 def test_coco_items_equal_the_pil_float_path(tmp_path: Path) -> None:
     photo = _photo(48, 64)

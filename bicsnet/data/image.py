@@ -166,15 +166,19 @@ def to_float_image(image: torch.Tensor) -> torch.Tensor:
     Float images are returned as float32 unchanged. ``x / 255`` is what
     :func:`load_image` has always returned; torchvision's ``to_dtype(...,
     scale=True)`` multiplies by ``1 / 255`` instead, one float32 ulp away for
-    126 of the 256 values.
+    126 of the 256 values. The result is contiguous (``C, H, W`` in memory):
+    torchvision's JPEG decoder returns ``H, W, C`` memory seen as ``C, H, W``,
+    which the uint8 transforms keep, and on that layout every later per-image
+    operation (the detectors' normalisation, padding into a batch) runs several
+    times slower (``benchmarks/demo.md``).
 
     Raises:
         TypeError: an integer dtype other than uint8.
     """
     if image.dtype == torch.uint8:
-        return image.to(torch.float32).div_(255.0)
+        return image.to(torch.float32, memory_format=torch.contiguous_format).div_(255.0)
     if image.is_floating_point():
-        return image.to(torch.float32)
+        return image.to(torch.float32).contiguous()
     raise TypeError(f"expected a uint8 or floating-point image, got {image.dtype}")
 
 
