@@ -277,7 +277,7 @@ class OneDNNMaxPool2d(nn.MaxPool2d):
     the first maximum of the window in row-major order) and back; elsewhere
     ``F.max_pool2d``. Both give identical outputs; gradients are identical up
     to the order in which overlapping windows' contributions are summed
-    (tested in ``tests/test_fused_ops.py``). It takes no ``dilation`` or
+    (tested in ``tests/test_deploy.py``). It takes no ``dilation`` or
     ``return_indices``: bicsnet's pools use neither.
     """
 

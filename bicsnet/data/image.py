@@ -175,9 +175,9 @@ def to_float_image(image: torch.Tensor) -> torch.Tensor:
     Raises:
         TypeError: an integer dtype other than uint8.
     """
-    if image.dtype == torch.uint8:
+    if image.dtype == torch.uint8:  # one copy, converted and laid out together
         return image.to(torch.float32, memory_format=torch.contiguous_format).div_(255.0)
-    if image.is_floating_point():
+    if image.is_floating_point():  # .to() returns a float32 input itself, whatever its layout
         return image.to(torch.float32).contiguous()
     raise TypeError(f"expected a uint8 or floating-point image, got {image.dtype}")
 
