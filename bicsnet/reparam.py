@@ -9,9 +9,10 @@ each rewrite is exact:
 1. **BatchNorm folding** (:func:`bicsnet.tools.fastpath.fold_batchnorm`):
    every eval-mode BN that follows a convolution becomes the convolution's
    weight and bias, in the backbone, the Spatial Fusion Module and the
-   detection / segmentation subnets. The lite detectors' subnets share each
-   convolution across levels with one BN per level; deploy gives every level
-   its own folded copy (:class:`LevelFoldedSubnet`).
+   detection / segmentation subnets. The detectors' box and class subnets
+   (RetinaNet's and the lite ones) share each convolution across levels with
+   one BN per level; deploy gives every level its own folded copy
+   (:class:`LevelFoldedSubnet`).
 2. **Horizontal fusion of 1x1 convolutions reading one feature**
    (:class:`SharedPointwise`, installed with
    :meth:`bicsnet.arch.backbone.BiCSNet.share_pointwise`): every Spatial
@@ -87,7 +88,7 @@ from .arch.layers import DropPath
 from .fused_ops import ACTIVATION_NAMES, FusedConv2d, InferenceOnly, OneDNNMaxPool2d, onednn_available, use_onednn
 from .arch.fusion import GlobalContext, ResampleBranch, ResizeTo, SpatialFusionModule, resize_to
 from .models.heads import ClassificationHead, SegmentationHead
-from .models.lite_head import SeparableSubnet
+from .models.detection import LevelNormSubnet
 from .tools.fastpath import count_batchnorms, fold_batchnorm
 
 __all__ = [
@@ -474,43 +475,48 @@ def merge_max_pools(seq: nn.Sequential) -> nn.Sequential:
     return nn.Sequential(*out)
 
 
-# --------------------------------------------------------------------------- lite subnets
+# --------------------------------------------------------------------------- detection subnets
 
 
 class LevelFoldedSubnet(InferenceOnly):
-    """A :class:`~bicsnet.models.lite_head.SeparableSubnet` with its per-level BNs folded into per-level convs.
+    """A :class:`~bicsnet.models.detection.LevelNormSubnet` (RetinaNet's dense subnets, the lite
+    detectors' separable ones) with its per-level BNs folded into per-level convolutions.
 
-    The subnet shares each separable convolution across levels and normalises
-    each level with its own BN; folding needs one pointwise convolution per
-    level (the depthwise one stays shared). Same ``forward(x, level)`` and
-    ``forward_pyramid``.
+    The subnet shares each convolution across levels and normalises each level
+    with its own BN; folding gives every level its own copy of the convolution
+    the BN follows (a separable convolution's depthwise half stays shared).
+    Each level's layer is ``(conv, identity, act)``, so rewrite 7 fuses the
+    activation into it. Same ``forward(x, level)`` and ``forward_pyramid``.
     """
 
-    def __init__(self, subnet: SeparableSubnet) -> None:
+    def __init__(self, subnet: LevelNormSubnet) -> None:
         super().__init__()
-        self.act = subnet.act
         self.predictor = subnet.predictor
         levels = []
         for norms in subnet.norms:
             layers = []
-            for sep, norm in zip(subnet.convs, norms):
-                folded = fold_batchnorm(nn.Sequential(copy.deepcopy(sep[1]), norm))[0]
-                layers.append(nn.Sequential(sep[0], folded))
+            for conv, norm in zip(subnet.convs, norms):
+                folded = fold_batchnorm(nn.Sequential(copy.deepcopy(conv[-1]), norm))[0]
+                layers.append(nn.Sequential(*list(conv)[:-1], nn.Sequential(folded, nn.Identity(), subnet.act)))
             levels.append(nn.ModuleList(layers))
         self.levels = nn.ModuleList(levels)
 
+    @property
+    def num_levels(self) -> int:
+        return len(self.levels)
+
     def forward(self, x: torch.Tensor, level: int) -> torch.Tensor:
-        for conv in self.levels[level]:
-            x = self.act(conv(x))
+        for layer in self.levels[level]:
+            x = layer(x)
         return self.predictor(x)
 
-    forward_pyramid = SeparableSubnet.forward_pyramid
+    forward_pyramid = LevelNormSubnet.forward_pyramid
 
 
-def _fold_lite_subnets(model: nn.Module) -> None:
+def _fold_level_subnets(model: nn.Module) -> None:
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
-            if isinstance(child, SeparableSubnet) and all(
+            if isinstance(child, LevelNormSubnet) and all(
                 isinstance(n, (nn.BatchNorm2d, nn.SyncBatchNorm)) for norms in child.norms for n in norms
             ):
                 setattr(module, name, LevelFoldedSubnet(child))
@@ -762,7 +768,7 @@ def deploy(model: nn.Module, *, horizontal: bool = True, fuse: bool = True) -> n
     """
     bn_before = count_batchnorms(model)
     out = copy.deepcopy(model).eval()
-    _fold_lite_subnets(out)
+    _fold_level_subnets(out)
     out = fold_batchnorm(out)
     report: dict[str, int | bool] = {"batchnorms_folded": bn_before - count_batchnorms(out)}
     merged = branches = 0

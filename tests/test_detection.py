@@ -180,3 +180,52 @@ def test_instance_cli_writes_box_and_mask_metrics(synth: Path, tmp_path: Path) -
     metrics = json.loads((run / "metrics.json").read_text())
     assert set(metrics) == {"bbox", "segm"}
     assert set(metrics["segm"]) >= {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+
+
+def test_retinanet_bn_head_evaluates_with_each_levels_own_statistics() -> None:
+    """In training a subnet's BN normalises each level with that level's batch statistics (the subnet
+    runs once per level); evaluation must use the same per-level statistics, not one set mixing the
+    five levels (what one BN shared by all levels holds: AP50 0.46 -> 0.52 on a demo run, benchmarks/demo.md)."""
+    torch.manual_seed(0)
+    m = _det()
+    for subnet in (m.head.classification_head.subnet, m.head.regression_head.subnet):
+        assert subnet.num_levels == 5 and len({id(n) for level in subnet.norms for n in level}) == 5 * len(subnet.convs)
+        for n in subnet.modules():
+            if isinstance(n, torch.nn.BatchNorm2d):
+                n.momentum = 1.0  # running statistics = the last batch's
+        c, per_anchor = subnet.convs[0][0].in_channels, subnet.predictor.out_channels // 9
+        # Levels whose maps differ in scale by 10x each, as real P3..P7 maps differ in statistics.
+        feats = [torch.randn(4, c, 16, 16) * 10.0**lvl + lvl for lvl in range(5)]
+        with torch.no_grad():
+            trained = subnet.train().forward_pyramid(feats, per_anchor)
+            evaluated = subnet.eval().forward_pyramid(feats, per_anchor)
+        # Equal up to the running variance's n / (n - 1) (n = 4 x 16 x 16 values per channel).
+        torch.testing.assert_close(evaluated, trained, rtol=2e-3, atol=2e-3)
+
+
+def test_retinanet_head_of_one_shared_norm_loads_exactly(tmp_path: Path) -> None:
+    """Weights from before the per-level norms (torchvision's head: one BN shared by all levels) load,
+    strictly, into the per-level subnets and give the same outputs in evaluation."""
+    from safetensors.torch import save_file
+    from torchvision.models.detection.retinanet import RetinaNetHead
+
+    from bicsnet.models.detection import head_norm_layer
+    from bicsnet.weights import load_weights
+
+    torch.manual_seed(0)
+    m = _det().eval()
+    c, a, k = m.backbone.out_channels, 9, 5
+    legacy = RetinaNetHead(c, a, k, norm_layer=head_norm_layer("bn")).eval()  # what bicsnet built before
+    for n in legacy.modules():
+        if isinstance(n, torch.nn.BatchNorm2d):
+            n.running_mean.uniform_(-1, 1), n.running_var.uniform_(0.5, 2), n.weight.data.uniform_(0.5, 1.5)
+    state = {f"head.{name}": t for name, t in legacy.state_dict().items()}
+    state.update({name: t for name, t in m.state_dict().items() if not name.startswith("head.")})
+    path = tmp_path / "old.safetensors"
+    save_file({name: t.contiguous() for name, t in state.items()}, str(path))
+    report = load_weights(m, path, strict=True)
+    assert not report.missing and not report.unexpected and "head.classification_head" in report.renamed
+    feats = [torch.randn(1, c, s, s) for s in (16, 8, 4, 2, 1)]
+    with torch.no_grad():
+        torch.testing.assert_close(m.head.classification_head(feats), legacy.classification_head(feats))
+        torch.testing.assert_close(m.head.regression_head(feats), legacy.regression_head(feats))

@@ -31,7 +31,7 @@ from bicsnet.engine.checkpoint import RunCheckpointer, load_model, load_training
 from bicsnet.engine.distributed import parse_device, resolve_device
 from bicsnet.engine.hooks import HookBase
 from bicsnet.engine.trainer import TrainConfig, Trainer, resolve_amp
-from bicsnet.errors import ConfigError
+from bicsnet.errors import CheckpointError, ConfigError
 
 torch.set_num_threads(1)  # the test machine is small and shared
 
@@ -422,6 +422,19 @@ def test_resume_refuses_another_global_batch(tmp_path: Path) -> None:
         Trainer(GNNet(), "classification", Colours(), None,
                 TrainConfig(batch_size=2, device="cpu", out_dir=str(tmp_path), tensorboard=False, num_workers=0),
                 meta={"num_classes": 3}, resume=True)  # fmt: skip
+
+
+def test_resume_refuses_an_optimizer_state_of_another_layout(tmp_path: Path) -> None:
+    """A run whose optimizer state holds other parameters than the model (e.g. started while RetinaNet's
+    subnets shared one norm layer across levels) fails with one error naming the state file."""
+    cfg = dict(batch_size=2, device="cpu", out_dir=str(tmp_path), tensorboard=False, num_workers=0)
+    Trainer(GNNet(), "classification", Colours(), None, TrainConfig(**cfg), meta={"num_classes": 3}).save_checkpoint()
+    path = tmp_path / "checkpoints" / "last.state.pt"
+    state = torch.load(path, weights_only=False)
+    state["optimizer"]["param_groups"][0]["params"] = state["optimizer"]["param_groups"][0]["params"][:-1]
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match=r"last\.state\.pt: its optimizer state does not fit this model"):
+        Trainer(GNNet(), "classification", Colours(), None, TrainConfig(**cfg), meta={"num_classes": 3}, resume=True)
 
 
 # --------------------------------------------------------------------------- DDP

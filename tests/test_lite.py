@@ -16,7 +16,8 @@ from bicsnet.arch.blocks import MBConv, SqueezeExcite, create_block, list_blocks
 from bicsnet.arch.fusion import GlobalContext, ResampleBranch, SpaceToDepth
 from bicsnet.models.baselines import ResNetFPNBackbone
 from bicsnet.models.lite import lite_config
-from bicsnet.models.lite_head import SeparableConv, SeparableRetinaNetHead
+from bicsnet.models.detection import SubnetRetinaNetHead
+from bicsnet.models.lite_head import SeparableConv
 from bicsnet.models.detection import BiCSNetRetinaNet, FocalLossClassificationHead
 from bicsnet.arch.specs import BICSNET_SPECS, LITE_LEVEL_FILTERS, LITE_PRESET
 
@@ -248,7 +249,7 @@ def test_default_input_sizes() -> None:
 
 def test_lite_detector_train_step_and_eval() -> None:
     m = tiny("bicsnet_lite0", "detection", 3, img_size=128, score_thresh=0.0, detections_per_img=10)
-    assert isinstance(m, BiCSNetRetinaNet) and isinstance(m.head, SeparableRetinaNetHead)
+    assert isinstance(m, BiCSNetRetinaNet) and isinstance(m.head, SubnetRetinaNetHead)
     images = [torch.rand(3, 128, 128), torch.rand(3, 96, 128)]
     targets = [
         {"boxes": torch.tensor([[10.0, 12.0, 60.0, 70.0]]), "labels": torch.tensor([3])},

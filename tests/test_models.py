@@ -218,3 +218,27 @@ def test_baselines_build_and_run(name: str) -> None:
             y = m(torch.rand(1, 3, 64, 64))
             assert y.shape[:2] == (1, 3)
     assert bicsnet.create_model_from_config(m.bicsnet_config).bicsnet_config == m.bicsnet_config
+
+
+@pytest.mark.parametrize("name", bicsnet.list_models())
+def test_every_batchnorm_runs_once_per_forward(name: str) -> None:
+    """A BatchNorm module called more than once per forward (a layer shared by pyramid levels) normalises
+    each call with that call's batch statistics in training, but evaluates with one running set that mixes
+    the calls: evaluation then computes something training never did. Every model and task, as built."""
+    from bicsnet.models.wrappers import NetworkOnly
+    from bicsnet.tasks import TASKS
+
+    entry = bicsnet.get_entry(name)
+    for task in entry.tasks:
+        spec = bicsnet.get_task(task)
+        opts = {"img_size": 128} if spec.uses_img_size else {}
+        model = bicsnet.create_model(name, task, spec.default_classes and 3, **{**entry.tiny, **opts}).eval()
+        calls: dict[str, int] = {}
+        for mod_name, m in model.named_modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.register_forward_hook(lambda *_, key=mod_name: calls.__setitem__(key, calls.get(key, 0) + 1))
+        with torch.no_grad():
+            NetworkOnly(model, TASKS[task].network)(torch.rand(1, 3, 128, 128))
+        assert calls, f"{name}/{task}: no BatchNorm ran"
+        shared = {k: n for k, n in calls.items() if n > 1}
+        assert not shared, f"{name}/{task}: BatchNorms run more than once per forward: {shared}"

@@ -54,6 +54,7 @@ __all__ = [
     "LoadReport",
     "PROBLEMS",
     "apply_state",
+    "upgrade_legacy_names",
     "load_state_into",
     "sniff_format",
     "exported_model_kind",
@@ -297,6 +298,23 @@ def _first(names: list[str], n: int = 5) -> str:
     return shown + (f", ... (+{len(names) - n} more)" if len(names) > n else "")
 
 
+def upgrade_legacy_names(model: nn.Module, tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Rename, in place, tensors that an earlier layout of one of ``model``'s modules had.
+
+    Every submodule with an ``upgrade_legacy_tensors(prefix, tensors) -> bool``
+    method renames its own tensors (e.g. RetinaNet's subnets, which once shared
+    one norm layer across pyramid levels:
+    :meth:`bicsnet.models.detection.FocalLossClassificationHead.upgrade_legacy_tensors`).
+    Returns the names of the modules whose tensors were renamed.
+    """
+    done = []
+    for name, module in model.named_modules():
+        upgrade = getattr(module, "upgrade_legacy_tensors", None)
+        if callable(upgrade) and upgrade(f"{name}." if name else "", tensors):
+            done.append(name or type(module).__name__)
+    return done
+
+
 def apply_state(
     model: nn.Module,
     tensors: Mapping[str, torch.Tensor],
@@ -333,6 +351,10 @@ def apply_state(
     from .distributed import unwrap_model  # local: distributed imports nothing from here
 
     model = unwrap_model(model)
+    tensors = dict(tensors)
+    upgraded = upgrade_legacy_names(model, tensors)
+    if upgraded:
+        renamed = ", ".join([renamed] * bool(renamed) + [f"an older layout of {', '.join(upgraded)}"])
     own = model.state_dict()
     candidates = [k for k in own if k.startswith(within)]
     mismatched = sorted(

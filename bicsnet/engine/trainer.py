@@ -772,7 +772,14 @@ class Trainer:
         self.step = int(state["step"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
         self.elapsed = float(state.get("elapsed", 0.0))
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except ValueError as exc:  # another number or size of parameter groups than the model's
+            raise CheckpointError(
+                f"{ckpt.state}: its optimizer state does not fit this model ({exc}); the run was started with "
+                "another layout of the model (e.g. a RetinaNet run started while its subnets shared one norm layer "
+                "across pyramid levels): start a new run from its weights (model.weights / --weights)"
+            ) from None
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state["scheduler"])
             self._apply_config_hparams()

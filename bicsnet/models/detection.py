@@ -14,7 +14,11 @@ passing objects in:
 * crowd boxes (``target["crowd_boxes"]``) are ignored regions: anchors
   mostly inside one are neither positive nor negative;
 * labels are contiguous 1..K with 0 = background, as in torchvision's
-  Mask R-CNN, for both models.
+  Mask R-CNN, for both models;
+* RetinaNet's box and class subnets share their convolutions across levels
+  but keep one norm layer per level (:class:`LevelNormSubnet`), as the TF
+  RetinaNet head of SpineNet's recipe and EfficientDet do; torchvision's
+  share one, whose BatchNorm statistics then mix the levels.
 """
 from __future__ import annotations
 
@@ -27,7 +31,8 @@ from torchvision.models.detection import MaskRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
-from torchvision.models.detection.retinanet import RetinaNetClassificationHead, RetinaNetHead
+from torchvision.models.detection import _utils as det_utils
+from torchvision.models.detection.retinanet import RetinaNetClassificationHead, RetinaNetHead, RetinaNetRegressionHead
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign, box_iou, sigmoid_focal_loss
@@ -40,7 +45,13 @@ from .heads import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
     "DetectionTransform",
+    "LevelNormSubnet",
+    "RetinaNetSubnet",
     "FocalLossClassificationHead",
+    "SubnetRegressionHead",
+    "SubnetRetinaNetHead",
+    "retinanet_head",
+    "level_norms",
     "BiCSNetRetinaNet",
     "BiCSNetMaskRCNN",
     "retinanet_anchor_generator",
@@ -103,30 +114,154 @@ def head_norm_layer(kind: str) -> Callable[[int], nn.Module] | None:
     """Norm for the detection heads.
 
     ``bn`` (default): the paper's "batch normalization after every convolution"
-    (Section V-A1), with the backbone's momentum / eps, one layer shared by all
-    levels as torchvision's heads share their convs; ``gn``: batch-size
+    (Section V-A1), with the backbone's momentum / eps; ``gn``: batch-size
     independent (torchvision's RetinaNet v2); ``none``: torchvision's v1 head.
+    The RetinaNet subnets give every pyramid level its own norm layers
+    (:class:`LevelNormSubnet`); Mask R-CNN's RoI heads have one set.
     """
     if kind not in ("gn", "bn", "none"):
         raise ConfigError(f"head_norm {kind!r} is not one of bn, gn, none")
     return {"gn": _group_norm, "bn": _batch_norm, "none": None}[kind]
 
 
-class FocalLossClassificationHead(RetinaNetClassificationHead):
-    """RetinaNet's class subnet with settable focal loss and 1..K labels."""
+def level_norms(kind: str, channels: int, num_layers: int, num_levels: int) -> nn.ModuleList:
+    """``num_levels`` lists of ``num_layers`` norm layers (``head_norm_layer(kind)``; identities for ``none``)."""
+    layer = head_norm_layer(kind)
+    return nn.ModuleList(
+        [nn.ModuleList([nn.Identity() if layer is None else layer(channels) for _ in range(num_layers)]) for _ in range(num_levels)]
+    )
+
+
+class LevelNormSubnet(nn.Module):
+    """A box or class subnet: ``num_layers`` x (conv, norm, act) with the convolutions shared by every
+    pyramid level and one set of norm layers per level, then a predictor convolution.
+
+    Why a norm per level: in training a BatchNorm normalises each level's map with that map's
+    own batch statistics (the subnets run once per level), so one shared layer's running
+    statistics would average five levels' statistics into one set that no level was trained
+    with, and evaluation would differ from training. The reference RetinaNet head of SpineNet's
+    training (strategy A, which the paper follows: TF Model Garden's ``RetinaNetHead``, norms
+    ``classnet-conv-norm_{level}_{i}``) and EfficientDet's box/class nets keep one norm per level.
+
+    Args:
+        convs: the shared convolutions, each a ``nn.Sequential`` whose last layer is the
+            convolution the norm follows (a dense 3x3 conv, or depthwise + pointwise).
+        norms: ``norms[level][i]`` follows ``convs[i]`` at ``level`` (:func:`level_norms`).
+        act: the activation after each norm.
+        predictor: the last convolution (``A * K`` logits or ``A * 4`` box deltas per position).
+
+    Shapes: :meth:`forward` maps level ``level``'s ``(N, C, H, W)`` to ``(N, out, H, W)``;
+    :meth:`forward_pyramid` all levels (finest first) to ``(N, sum of H * W * A, per_anchor)``,
+    torchvision's layout.
+    """
+
+    def __init__(self, convs: list[nn.Sequential], norms: nn.ModuleList, act: nn.Module, predictor: nn.Module) -> None:
+        super().__init__()
+        if any(len(level) != len(convs) for level in norms):
+            raise ConfigError(f"every level needs {len(convs)} norm layers, got {[len(level) for level in norms]}")
+        self.convs = nn.ModuleList(convs)
+        self.norms = norms
+        self.act = act
+        self.predictor = predictor
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.norms)
+
+    def forward(self, x: Tensor, level: int) -> Tensor:
+        for conv, norm in zip(self.convs, self.norms[level]):
+            x = self.act(norm(conv(x)))
+        return self.predictor(x)
+
+    def forward_pyramid(self, features: list[Tensor], per_anchor: int) -> Tensor:
+        """All levels (finest first): ``(N, sum of H * W * A, per_anchor)``, torchvision's layout."""
+        if len(features) != self.num_levels:
+            raise ValueError(f"the subnet has norms for {self.num_levels} levels, got {len(features)} feature maps")
+        return torch.cat([_flatten_anchors(self(f, level), per_anchor) for level, f in enumerate(features)], dim=1)
+
+
+def _flatten_anchors(out: Tensor, per_anchor: int) -> Tensor:
+    # (N, A * K, H, W) -> (N, HWA, K), torchvision's layout.
+    n, _, h, w = out.shape
+    return out.view(n, -1, per_anchor, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, per_anchor)
+
+
+class RetinaNetSubnet(LevelNormSubnet):
+    """RetinaNet's box or class subnet (Lin et al. 2017): ``num_layers`` x 3x3 ``channels``-wide
+    convolutions + norm + ReLU, then a 3x3 predictor to ``out_channels``.
+
+    Initialised as torchvision's heads: weights N(0, 0.01), biases 0, the predictor's bias
+    ``prior_bias`` (the class subnet's starts the logits at probability 0.01). The
+    convolutions have a bias only without a norm (``head_norm="none"``, torchvision's v1 head).
+    """
 
     def __init__(
-        self,
-        in_channels: int,
-        num_anchors: int,
-        num_classes: int,
-        focal_alpha: float = 0.25,
+        self, in_channels: int, out_channels: int, num_levels: int, head_norm: str = "bn", num_layers: int = 4,
+        prior_bias: float = 0.0,
+    ) -> None:  # fmt: skip
+        bias = head_norm == "none"
+        convs = [nn.Sequential(nn.Conv2d(in_channels, in_channels, 3, padding=1, bias=bias)) for _ in range(num_layers)]
+        predictor = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        super().__init__(convs, level_norms(head_norm, in_channels, num_layers, num_levels), nn.ReLU(inplace=True), predictor)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.normal_(m.weight, std=0.01)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        nn.init.constant_(predictor.bias, prior_bias)
+
+    def upgrade_torchvision_tensors(self, prefix: str, predictor: str, tensors: dict[str, Tensor]) -> bool:
+        """Rename, in place, a torchvision head's tensors (one norm shared by all levels) to this subnet's.
+
+        ``{prefix}conv.{i}.0.*`` (conv), ``{prefix}conv.{i}.1.*`` (norm) and
+        ``{prefix}{predictor}.*`` become ``{prefix}subnet.convs.{i}.0.*``, every
+        level's ``{prefix}subnet.norms.{level}.{i}.*`` (the shared norm copied: the
+        same outputs in evaluation) and ``{prefix}subnet.predictor.*``. Files written
+        before bicsnet kept a norm per level have these names. Returns whether any was renamed.
+        """
+        old = [k for k in tensors if k.startswith(prefix + "conv.") or k.startswith(f"{prefix}{predictor}.")]
+        if not old or any(k.startswith(prefix + "subnet.") for k in tensors):
+            return False
+        for key in old:
+            value = tensors.pop(key)
+            rest = key[len(prefix) :]
+            if rest.startswith(predictor + "."):
+                tensors[f"{prefix}subnet.predictor.{rest[len(predictor) + 1:]}"] = value
+                continue
+            _, i, part, *name = rest.split(".")  # conv.{i}.{0 conv | 1 norm}.{tensor}
+            if part == "0":
+                tensors[f"{prefix}subnet.convs.{i}.0.{'.'.join(name)}"] = value
+            else:
+                for level in range(self.num_levels):
+                    tensors[f"{prefix}subnet.norms.{level}.{i}.{'.'.join(name)}"] = value.clone()
+        return True
+
+
+class FocalLossClassificationHead(RetinaNetClassificationHead):
+    """RetinaNet's class subnet (any :class:`LevelNormSubnet`) with settable focal loss and 1..K labels.
+
+    ``subnet`` predicts ``num_anchors * num_classes`` logits per position;
+    :meth:`forward` returns ``(N, HWA, num_classes)`` over all levels, torchvision's layout.
+    """
+
+    def __init__(
+        self, subnet: LevelNormSubnet, num_anchors: int, num_classes: int, focal_alpha: float = 0.25,
         focal_gamma: float = 1.5,
-        norm_layer: Callable[[int], nn.Module] | None = None,
-    ) -> None:
-        super().__init__(in_channels, num_anchors, num_classes, norm_layer=norm_layer)
+    ) -> None:  # fmt: skip
+        nn.Module.__init__(self)  # torchvision's own convolutions are not built: ``subnet`` is the subnet
+        self.subnet = subnet
+        self.num_classes = num_classes
+        self.num_anchors = num_anchors
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
+        self.BETWEEN_THRESHOLDS = det_utils.Matcher.BETWEEN_THRESHOLDS
+
+    def forward(self, x: list[Tensor]) -> Tensor:
+        return self.subnet.forward_pyramid(x, self.num_classes)
+
+    def upgrade_legacy_tensors(self, prefix: str, tensors: dict[str, Tensor]) -> bool:
+        """torchvision's names (``conv.*``, ``cls_logits.*``) to the subnet's (:meth:`RetinaNetSubnet.upgrade_torchvision_tensors`)."""
+        return isinstance(self.subnet, RetinaNetSubnet) and self.subnet.upgrade_torchvision_tensors(prefix, "cls_logits", tensors)
 
     def compute_loss(self, targets: list[dict[str, Tensor]], head_outputs: dict[str, Tensor], matched_idxs: list[Tensor]) -> Tensor:
         losses = []
@@ -140,6 +275,51 @@ class FocalLossClassificationHead(RetinaNetClassificationHead):
             loss = sigmoid_focal_loss(logits[valid], gt[valid], alpha=self.focal_alpha, gamma=self.focal_gamma, reduction="sum")
             losses.append(loss / max(1, num_fg))
         return sum(losses) / len(targets)
+
+
+class SubnetRegressionHead(RetinaNetRegressionHead):
+    """RetinaNet's box subnet (any :class:`LevelNormSubnet`); torchvision's L1 box loss and coder.
+
+    ``subnet`` predicts ``num_anchors * 4`` box deltas per position;
+    :meth:`forward` returns ``(N, HWA, 4)`` over all levels.
+    """
+
+    def __init__(self, subnet: LevelNormSubnet) -> None:
+        nn.Module.__init__(self)  # torchvision's own convolutions are not built
+        self.subnet = subnet
+        self.box_coder = det_utils.BoxCoder(weights=(1.0, 1.0, 1.0, 1.0))
+        self._loss_type = "l1"
+
+    def forward(self, x: list[Tensor]) -> Tensor:
+        return self.subnet.forward_pyramid(x, 4)
+
+    def upgrade_legacy_tensors(self, prefix: str, tensors: dict[str, Tensor]) -> bool:
+        """torchvision's names (``conv.*``, ``bbox_reg.*``) to the subnet's."""
+        return isinstance(self.subnet, RetinaNetSubnet) and self.subnet.upgrade_torchvision_tensors(prefix, "bbox_reg", tensors)
+
+
+class SubnetRetinaNetHead(RetinaNetHead):
+    """The box and class subnets of :class:`BiCSNetRetinaNet`; forward and loss are torchvision's
+    :class:`RetinaNetHead`'s: ``{"cls_logits": (N, HWA, K), "bbox_regression": (N, HWA, 4)}``."""
+
+    def __init__(self, classification_head: FocalLossClassificationHead, regression_head: SubnetRegressionHead) -> None:
+        nn.Module.__init__(self)  # torchvision's 256-wide subnets are not built
+        self.classification_head = classification_head
+        self.regression_head = regression_head
+
+
+def retinanet_head(
+    in_channels: int, num_anchors: int, num_classes: int, num_levels: int, head_norm: str = "bn",
+    focal_alpha: float = 0.25, focal_gamma: float = 1.5,
+) -> SubnetRetinaNetHead:  # fmt: skip
+    """RetinaNet's head for ``num_levels`` levels of ``in_channels``: 4-conv box and class subnets with
+    a norm per level (:class:`RetinaNetSubnet`), focal loss ``focal_alpha`` / ``focal_gamma``."""
+    prior = -math.log((1 - 0.01) / 0.01)
+    cls = RetinaNetSubnet(in_channels, num_anchors * num_classes, num_levels, head_norm, prior_bias=prior)
+    box = RetinaNetSubnet(in_channels, num_anchors * 4, num_levels, head_norm)
+    return SubnetRetinaNetHead(
+        FocalLossClassificationHead(cls, num_anchors, num_classes, focal_alpha, focal_gamma), SubnetRegressionHead(box)
+    )
 
 
 class BiCSNetRetinaNet(RetinaNet):
@@ -164,11 +344,9 @@ class BiCSNetRetinaNet(RetinaNet):
         anchors = retinanet_anchor_generator(pyramid_strides(backbone), anchor_scale)
         num_anchors = anchors.num_anchors_per_location()[0]
         if head is None:
-            # Box and class subnets: 4 conv layers each (torchvision's), focal loss ours.
-            norm = head_norm_layer(head_norm)
-            head = RetinaNetHead(backbone.out_channels, num_anchors, num_classes, norm_layer=norm)
-            head.classification_head = FocalLossClassificationHead(
-                backbone.out_channels, num_anchors, num_classes, focal_alpha, focal_gamma, norm
+            # Box and class subnets: 4 conv layers each (torchvision's), a norm per level, focal loss ours.
+            head = retinanet_head(
+                backbone.out_channels, num_anchors, num_classes, len(backbone.out_features), head_norm, focal_alpha, focal_gamma
             )
         super().__init__(
             backbone,
