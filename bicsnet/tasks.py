@@ -576,9 +576,9 @@ _DETECTION_RECIPE = Recipe(
 #: Small data from scratch (the paper's recipe on a few hundred images reaches box AP50 0.13 on
 #: strawberry/valid in 24 epochs; this one: benchmarks/real.md). Why each choice:
 #: - BN momentum 0.1 and a GN head: a run of a few hundred steps leaves most of the initial
-#:   running statistics with the paper's 0.01, and the head's BN, shared by P3-P7, averages five
-#:   levels' statistics into one set used at evaluation (GN has none; Wu & He 2018, and
-#:   He et al. 2019 "Rethinking ImageNet Pre-training": from-scratch detectors need GN or SyncBN).
+#:   running statistics with the paper's 0.01; GN has none (Wu & He 2018, and He et al. 2019
+#:   "Rethinking ImageNet Pre-training": from-scratch detectors need GN or SyncBN). Chosen while
+#:   the subnets shared one BN across P3-P7 (one per level since; not measured again).
 #: - Cosine decay from a higher rate (0.02 at batch 8, 2x the paper's linear-scaled 0.01) after a
 #:   short warm-up: the step schedule spends 91% of the run at the peak rate.
 #: - EMA of the weights (decay 0.99, ~100 steps) and gradient clipping: a few hundred noisy steps.
