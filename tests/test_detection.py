@@ -203,9 +203,10 @@ def test_retinanet_bn_head_evaluates_with_each_levels_own_statistics() -> None:
         torch.testing.assert_close(evaluated, trained, rtol=2e-3, atol=2e-3)
 
 
-def test_retinanet_head_of_one_shared_norm_loads_exactly(tmp_path: Path) -> None:
-    """Weights from before the per-level norms (torchvision's head: one BN shared by all levels) load,
-    strictly, into the per-level subnets and give the same outputs in evaluation."""
+@pytest.mark.parametrize("norm", ["bn", "gn", "none"])
+def test_retinanet_head_of_one_shared_norm_loads_exactly(tmp_path: Path, norm: str) -> None:
+    """Weights from before the per-level norms (torchvision's head: one norm shared by all levels) load,
+    strictly, into the per-level subnets and give the same outputs in evaluation, for every head_norm."""
     from safetensors.torch import save_file
     from torchvision.models.detection.retinanet import RetinaNetHead
 
@@ -213,12 +214,16 @@ def test_retinanet_head_of_one_shared_norm_loads_exactly(tmp_path: Path) -> None
     from bicsnet.weights import load_weights
 
     torch.manual_seed(0)
-    m = _det().eval()
+    m = _det(head_norm=norm).eval()
     c, a, k = m.backbone.out_channels, 9, 5
-    legacy = RetinaNetHead(c, a, k, norm_layer=head_norm_layer("bn")).eval()  # what bicsnet built before
+    legacy = RetinaNetHead(c, a, k, norm_layer=head_norm_layer(norm)).eval()  # what bicsnet built before
     for n in legacy.modules():
         if isinstance(n, torch.nn.BatchNorm2d):
-            n.running_mean.uniform_(-1, 1), n.running_var.uniform_(0.5, 2), n.weight.data.uniform_(0.5, 1.5)
+            n.running_mean.uniform_(-1, 1), n.running_var.uniform_(0.5, 2)
+        if isinstance(n, (torch.nn.BatchNorm2d, torch.nn.GroupNorm)):
+            n.weight.data.uniform_(0.5, 1.5), n.bias.data.uniform_(-0.5, 0.5)
+        if isinstance(n, torch.nn.Conv2d) and n.bias is not None:
+            n.bias.data.uniform_(-0.1, 0.1)
     state = {f"head.{name}": t for name, t in legacy.state_dict().items()}
     state.update({name: t for name, t in m.state_dict().items() if not name.startswith("head.")})
     path = tmp_path / "old.safetensors"

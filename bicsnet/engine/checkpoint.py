@@ -354,7 +354,8 @@ def apply_state(
     tensors = dict(tensors)
     upgraded = upgrade_legacy_names(model, tensors)
     if upgraded:
-        renamed = ", ".join([renamed] * bool(renamed) + [f"an older layout of {', '.join(upgraded)}"])
+        note = f"an older layout of {', '.join(upgraded)}"
+        renamed = f"{renamed}, {note}" if renamed else note
     own = model.state_dict()
     candidates = [k for k in own if k.startswith(within)]
     mismatched = sorted(
