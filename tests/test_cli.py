@@ -95,8 +95,10 @@ def test_demo_end_to_end_small(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, 
     """The README's main job, shrunk: data, training, COCO metrics, loss curve, pictures; refuses to clobber."""
     from bicsnet.cli import demo_cmd
 
-    small = {**demo_cmd.DEMO_PRESETS["cpu"], "img_size": 128, "epochs": 1, "synth_train": 16, "synth_val": 4}
-    monkeypatch.setitem(demo_cmd.DEMO_PRESETS, "cpu", small)
+    # Both CPU presets: ``auto`` picks the bf16 one on CPUs with bfloat16 units.
+    for name in ("cpu", "cpu-bf16"):
+        small = {**demo_cmd.DEMO_PRESETS[name], "img_size": 128, "epochs": 1, "synth_train": 16, "synth_val": 4}
+        monkeypatch.setitem(demo_cmd.DEMO_PRESETS, name, small)
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--device", "cpu", "--workers", "0"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())

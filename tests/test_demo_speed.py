@@ -52,21 +52,59 @@ def test_demo_precision_rejects_unknown_choice() -> None:
         demo_cmd.demo_precision("fp16", torch.device("cpu"), AVX2)
 
 
-def test_demo_records_its_precision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
-    """``--precision bf16`` trains under bf16 autocast and says so in demo.json, config.json and its last line.
+@pytest.mark.parametrize(
+    ("device", "amp", "name"),
+    [("cpu", "off", "cpu"), ("cpu", "bf16", "cpu-bf16"), ("cuda", "off", "cuda"), ("cuda", "bf16", "cuda"),
+     ("mps", "bf16", "cpu")],
+)  # fmt: skip
+def test_demo_preset_name(device: str, amp: str, name: str) -> None:
+    assert demo_cmd.demo_preset_name(torch.device(device), amp) == name
 
-    (``auto`` on a CPU without bf16 units, float32, is what tests/test_cli.py's demo test runs here.)
+
+def test_cpu_presets_differ_only_in_layout_and_length() -> None:
+    """The bf16 preset is the float32 one trained channels-last for more epochs (benchmarks/demo.md: why)."""
+    fp32, bf16 = demo_cmd.DEMO_PRESETS["cpu"], demo_cmd.DEMO_PRESETS["cpu-bf16"]
+    assert {k for k in fp32 if fp32[k] != bf16[k]} == {"epochs", "channels_last"}
+    assert fp32["channels_last"] is False and bf16["channels_last"] is True
+    assert bf16["epochs"] > fp32["epochs"]
+
+
+def _tiny_presets(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("cpu", "cpu-bf16"):
+        tiny = {**demo_cmd.DEMO_PRESETS[name], "img_size": 64, "epochs": 1, "synth_train": 8, "synth_val": 2}
+        monkeypatch.setitem(demo_cmd.DEMO_PRESETS, name, tiny)
+
+
+def test_demo_records_its_precision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """``--precision bf16`` trains under bf16 autocast, channels-last, and says so in demo.json, config.json and its last line.
+
+    (``auto`` is what tests/test_cli.py's demo test runs here.)
     """
-    tiny = {**demo_cmd.DEMO_PRESETS["cpu"], "img_size": 64, "epochs": 1, "synth_train": 8, "synth_val": 2}
-    monkeypatch.setitem(demo_cmd.DEMO_PRESETS, "cpu", tiny)
+    _tiny_presets(monkeypatch)
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--device", "cpu", "--workers", "0", "--precision", "bf16"]) == 0
-    assert json.loads((out / "demo.json").read_text())["precision"] == "bf16 autocast"
+    demo = json.loads((out / "demo.json").read_text())
+    assert demo["precision"] == "bf16 autocast"
+    assert demo["preset"] == demo_cmd.DEMO_PRESETS["cpu-bf16"]
     train = json.loads((out / "config.json").read_text())["train"]
     assert train["amp"] == "bf16"
-    assert train["channels_last"] is False  # the CPU preset trains NCHW (benchmarks/demo.md: why)
-    assert json.loads((out / "demo.json").read_text())["preset"]["channels_last"] is False
+    assert train["channels_last"] is True and train["epochs"] == demo_cmd.DEMO_PRESETS["cpu-bf16"]["epochs"]
     assert "on cpu (bf16 autocast)" in capsys.readouterr().out
-    # --channels-last overrides the preset.
-    assert main(["demo", "--out", str(out), "--device", "cpu", "--workers", "0", "--overwrite", "--channels-last"]) == 0
+    # --no-channels-last overrides the preset.
+    assert main(["demo", "--out", str(out), "--device", "cpu", "--workers", "0", "--overwrite",
+                 "--precision", "bf16", "--no-channels-last"]) == 0  # fmt: skip
+    assert json.loads((out / "config.json").read_text())["train"]["channels_last"] is False
+
+
+def test_demo_in_float32_trains_nchw(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--precision fp32`` takes the float32 preset: NCHW, its own epochs; ``--channels-last`` overrides the layout."""
+    _tiny_presets(monkeypatch)
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--device", "cpu", "--workers", "0", "--precision", "fp32"]) == 0
+    demo = json.loads((out / "demo.json").read_text())
+    assert demo["precision"] == "float32" and demo["preset"] == demo_cmd.DEMO_PRESETS["cpu"]
+    train = json.loads((out / "config.json").read_text())["train"]
+    assert train["amp"] == "off" and train["channels_last"] is False
+    assert main(["demo", "--out", str(out), "--device", "cpu", "--workers", "0", "--overwrite",
+                 "--precision", "fp32", "--channels-last"]) == 0  # fmt: skip
     assert json.loads((out / "config.json").read_text())["train"]["channels_last"] is True
