@@ -90,7 +90,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=2, help="data-loading processes (default: %(default)s)")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="training precision: auto = bf16 autocast on a CPU with AMX / AVX-512 BF16 units, "
-                        "float32 on other CPUs and on GPUs (default: %(default)s)")
+                        "float32 on other CPUs and on GPUs; bf16 on a CPU also selects the CPU-BF16 preset "
+                        "(channels-last, more epochs) (default: %(default)s)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="train in channels-last (NHWC) memory: faster steps on the CPU; in float32 its one full CPU "
                         "demo reached a lower AP50 (docs/training.md) (default: the preset's, "
@@ -101,7 +102,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _per_preset(key: str, on_off: bool = False) -> str:
-    """``key`` of each preset for a help text: ``"CPU 32, CPU-BF16 38, CUDA 60"`` (``on_off``: booleans as on / off)."""
+    """``key`` of each preset for a help text: ``"CPU 32, CPU-BF16 36, CUDA 60"`` (``on_off``: booleans as on / off)."""
     def show(value: object) -> str:
         return ("on" if value else "off") if on_off else str(value)
 
